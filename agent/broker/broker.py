@@ -1,0 +1,338 @@
+"""The async Broker: every Redis read and write the agent makes, in asynq's format."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from agent.broker import keys, plans
+from agent.broker.errors import (
+    DuplicateTaskError,
+    LeaseLostError,
+    TaskIDConflictError,
+    TaskNotFoundError,
+)
+from agent.broker.messages import (
+    MessageDecodeError,
+    ServerInfo,
+    TaskMessage,
+    WorkerInfo,
+    decode_task_message,
+    encode,
+)
+from agent.broker.options import EnqueueOptions, EnqueueResult
+from agent.broker.plans import LEASE_EXPIRED_ERROR, LEASE_SECONDS, ScriptCall
+from agent.broker.scripts import Scripts
+
+
+@dataclass
+class DequeuedTask:
+    """A task we hold. ``message`` is None when ``raw`` is not a valid TaskMessage."""
+
+    id: str
+    queue: str
+    raw: bytes
+    message: TaskMessage | None
+    lease_expiry: int  # unix s; we write nothing for this task once it has passed
+    decode_error: str = ""
+    started_at: float = field(default_factory=time.time)
+
+    def lease_valid(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.lease_expiry
+
+    def placeholder_message(self) -> TaskMessage:
+        """A minimal message for writing the fate of an undecodable task."""
+        return TaskMessage(id=self.id, queue=self.queue)
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    id: str
+    queue: str
+    raw: bytes | None
+
+
+def _raise_for_enqueue(code: int, result: EnqueueResult) -> EnqueueResult:
+    if code == 1:
+        return result
+    if code == 0:
+        raise TaskIDConflictError(result.queue, result.id)
+    raise DuplicateTaskError(result.queue, result.message.unique_key)
+
+
+class Broker:
+    """asynq-format operations over one ``redis.asyncio.Redis`` client.
+
+    Outcome methods (``complete``, ``retry``, ``archive``, ``requeue``) refuse to write
+    once the task's lease has expired (``LeaseLostError``), as asynq's worker does, so a
+    task recovered and re-run elsewhere is never touched by a late writer.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self.scripts = Scripts(client)
+        self._registered_queues: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs) -> Broker:
+        return cls(aioredis.Redis.from_url(url, **kwargs))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _run(self, call: ScriptCall, client=None):
+        return getattr(self.scripts, call.script)(keys=call.keys, args=call.args, client=client)
+
+    # -- producer side ------------------------------------------------------------------
+
+    async def register_queues(self, queues: Iterable[str]) -> None:
+        new = [q for q in queues if q not in self._registered_queues]
+        if new:
+            await self.redis.sadd(keys.ALL_QUEUES, *new)
+            self._registered_queues.update(new)
+
+    async def enqueue(self, task_type: str, payload: bytes | None = None,
+                      options: EnqueueOptions | None = None, **kwargs) -> EnqueueResult:
+        """Enqueue one task. kwargs are EnqueueOptions fields (queue, task_id, max_retry, ...)."""
+        opts = options or EnqueueOptions(**kwargs)
+        plan = plans.plan_enqueue(task_type, payload, opts)
+        await self.register_queues([opts.queue])
+        code = await self._run(plan.call)
+        return _raise_for_enqueue(int(code), plan.result)
+
+    async def enqueue_many(self, tasks: Sequence[tuple[str, bytes | None, EnqueueOptions]]
+                           ) -> list[EnqueueResult | Exception]:
+        """Enqueue a batch in one round trip; each item's result or error, in order."""
+        planned = [plans.plan_enqueue(t, p, o) for t, p, o in tasks]
+        await self.register_queues({o.queue for _, _, o in tasks})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for plan in planned:
+                await self._run(plan.call, client=pipe)
+            codes = await pipe.execute(raise_on_error=False)
+        out: list[EnqueueResult | Exception] = []
+        for plan, code in zip(planned, codes, strict=True):
+            try:
+                out.append(code if isinstance(code, Exception) else _raise_for_enqueue(int(code), plan.result))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                out.append(exc)
+        return out
+
+    # -- worker side --------------------------------------------------------------------
+
+    async def dequeue(self, queue: str, count: int = 1, lease_seconds: int = LEASE_SECONDS
+                      ) -> tuple[list[DequeuedTask], list[str]]:
+        """Take up to ``count`` tasks from one queue. Returns (tasks, orphan IDs dropped)."""
+        now = time.time()
+        call = plans.dequeue_call(queue, now, count, lease_seconds)
+        flat = await self._run(call)
+        expiry = int(now) + lease_seconds
+        tasks, orphans = [], []
+        for i in range(0, len(flat), 2):
+            task_id = flat[i].decode() if isinstance(flat[i], bytes) else flat[i]
+            raw = flat[i + 1]
+            if raw is None:
+                orphans.append(task_id)
+                continue
+            try:
+                message, error = decode_task_message(raw), ""
+            except MessageDecodeError as exc:
+                message, error = None, str(exc)
+            tasks.append(DequeuedTask(task_id, queue, raw, message, expiry, error, now))
+        return tasks, orphans
+
+    async def dequeue_first(self, queues: Sequence[str], count: int = 1,
+                            lease_seconds: int = LEASE_SECONDS) -> tuple[list[DequeuedTask], list[str]]:
+        """Try queues in the given order; stop at the first that yields tasks."""
+        orphans: list[str] = []
+        for queue in queues:
+            tasks, dropped = await self.dequeue(queue, count, lease_seconds)
+            orphans.extend(dropped)
+            if tasks:
+                return tasks, orphans
+        return [], orphans
+
+    def _check_lease(self, task: DequeuedTask) -> None:
+        if not task.lease_valid():
+            raise LeaseLostError(task.queue, task.id)
+
+    async def _write_outcome(self, task: DequeuedTask, call: ScriptCall) -> None:
+        self._check_lease(task)
+        try:
+            await self._run(call)
+        except ResponseError as exc:
+            if "NOT FOUND" in str(exc):
+                raise TaskNotFoundError(task.queue, task.id, "no longer active (recovered elsewhere?)") from exc
+            raise
+
+    def _message(self, task: DequeuedTask) -> TaskMessage:
+        return task.message if task.message is not None else task.placeholder_message()
+
+    async def complete(self, task: DequeuedTask, result: bytes | None = None) -> None:
+        """Success: completed with retention (and result) if msg.retention > 0, else deleted."""
+        msg = self._message(task)
+        now = time.time()
+        if msg.retention > 0:
+            await self._write_outcome(task, plans.mark_complete_call(msg, now, result))
+        else:
+            await self._write_outcome(task, plans.done_call(msg, now))
+
+    async def write_result(self, task: DequeuedTask, data: bytes) -> int:
+        self._check_lease(task)
+        await self.redis.hset(keys.task_key(task.queue, task.id), "result", data)
+        return len(data)
+
+    async def retry(self, task: DequeuedTask, error: str, retry_at: float,
+                    is_failure: bool = True) -> None:
+        now = time.time()
+        await self._write_outcome(task, plans.retry_call(self._message(task), error, retry_at, now, is_failure))
+
+    async def archive(self, task: DequeuedTask, error: str) -> None:
+        now = time.time()
+        raw = task.raw if task.message is None else None
+        await self._write_outcome(task, plans.archive_call(self._message(task), error, now, raw))
+
+    async def fail(self, task: DequeuedTask, error: str, *, skip_retry: bool = False,
+                   retry_in: float | None = None) -> str:
+        """Retry or archive as asynq decides; returns the resulting state."""
+        msg = self._message(task)
+        if task.message is None or plans.failure_decision(msg, skip_retry) == "archive":
+            await self.archive(task, error)
+            return "archived"
+        delay = plans.default_retry_delay(msg.retried) if retry_in is None else retry_in
+        await self.retry(task, error, time.time() + delay)
+        return "retry"
+
+    async def requeue(self, task: DequeuedTask) -> None:
+        await self._write_outcome(task, plans.requeue_call(task.queue, task.id))
+
+    async def extend_leases(self, queue: str, task_ids: Sequence[str],
+                            lease_seconds: int = LEASE_SECONDS) -> int:
+        """``ZADD lease XX``: renews only IDs still in the lease set. Returns the new expiry."""
+        expiry = int(time.time()) + lease_seconds
+        if task_ids:
+            await self.redis.zadd(keys.lease(queue), dict.fromkeys(task_ids, expiry), xx=True)
+        return expiry
+
+    # -- background maintenance ---------------------------------------------------------
+
+    async def forward(self, queue: str, batch: int = 100) -> int:
+        """Move due scheduled then retry tasks to pending; returns how many moved."""
+        moved = 0
+        for source in (keys.scheduled(queue), keys.retry(queue)):
+            while True:
+                n = int(await self._run(plans.forward_call(queue, source, time.time(), batch)))
+                moved += n
+                if n < batch:
+                    break
+        return moved
+
+    async def delete_expired_completed(self, queue: str, batch: int = 100) -> int:
+        deleted = 0
+        while True:
+            n = int(await self.scripts.delete_expired_completed(
+                keys=[keys.completed(queue)], args=[int(time.time()), keys.task_prefix(queue), batch]))
+            deleted += n
+            if n < batch:
+                return deleted
+
+    async def list_lease_expired(self, queue: str, cutoff: float) -> list[ExpiredLease]:
+        flat = await self.scripts.list_lease_expired(
+            keys=[keys.lease(queue)], args=[int(cutoff), keys.task_prefix(queue)])
+        return [ExpiredLease(flat[i].decode(), queue, flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def recover_expired(self, queue: str, skew: int = LEASE_SECONDS) -> dict[str, int]:
+        """Retry or archive every task whose lease expired ``skew`` seconds ago or more."""
+        counts = {"retry": 0, "archived": 0, "orphans": 0}
+        for expired in await self.list_lease_expired(queue, time.time() - skew):
+            if expired.raw is None:
+                counts["orphans"] += await self.drop_orphan(queue, expired.id)
+                continue
+            try:
+                message, error = decode_task_message(expired.raw), ""
+            except MessageDecodeError as exc:
+                message, error = None, str(exc)
+            # The lease is gone by definition; write as its new owner for this one step.
+            task = DequeuedTask(expired.id, queue, expired.raw, message, int(time.time()) + 5, error)
+            try:
+                state = await self.fail(task, LEASE_EXPIRED_ERROR if message else f"{LEASE_EXPIRED_ERROR}; {error}")
+            except TaskNotFoundError:
+                continue  # finished or recovered by someone else meanwhile
+            counts[state] += 1
+        return counts
+
+    async def drop_orphan(self, queue: str, task_id: str) -> int:
+        """Remove an ID that has no task hash from active and lease (asynq leaves it forever)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(keys.active(queue), 0, task_id)
+            pipe.zrem(keys.lease(queue), task_id)
+            removed, _ = await pipe.execute()
+        return 1 if removed else 0
+
+    async def active_without_lease(self, queue: str) -> list[str]:
+        """IDs in ``active`` that have no lease entry (left by a crash between writes)."""
+        ids = await self.redis.lrange(keys.active(queue), 0, -1)
+        if not ids:
+            return []
+        scores = await self.redis.zmscore(keys.lease(queue), ids)
+        return [i.decode() for i, s in zip(ids, scores, strict=True) if s is None]
+
+    # -- queues and heartbeat -----------------------------------------------------------
+
+    async def paused_queues(self, queues: Sequence[str]) -> set[str]:
+        if not queues:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for q in queues:
+                pipe.exists(keys.paused(q))
+            flags = await pipe.execute()
+        return {q for q, flag in zip(queues, flags, strict=True) if flag}
+
+    async def pause(self, queue: str) -> bool:
+        return bool(await self.redis.setnx(keys.paused(queue), int(time.time())))
+
+    async def unpause(self, queue: str) -> bool:
+        return bool(await self.redis.delete(keys.paused(queue)))
+
+    async def write_server_state(self, info: ServerInfo, workers: Sequence[WorkerInfo],
+                                 ttl: int = 10) -> None:
+        server_key = keys.server_info(info.host, info.pid, info.server_id)
+        workers_key = keys.workers(info.host, info.pid, info.server_id)
+        expiry = int(time.time()) + ttl
+        args: list = [ttl, encode(info)]
+        for worker in workers:
+            args.extend((worker.task_id, encode(worker)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.ALL_SERVERS, {server_key: expiry})
+            pipe.zadd(keys.ALL_WORKERS, {workers_key: expiry})
+            await self.scripts.write_server_state(keys=[server_key, workers_key], args=args, client=pipe)
+            await pipe.execute()
+
+    async def clear_server_state(self, host: str, pid: int, server_id: str) -> None:
+        server_key = keys.server_info(host, pid, server_id)
+        workers_key = keys.workers(host, pid, server_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.ALL_SERVERS, server_key)
+            pipe.zrem(keys.ALL_WORKERS, workers_key)
+            await self.scripts.clear_server_state(keys=[server_key, workers_key], args=[], client=pipe)
+            await pipe.execute()
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get_task(self, queue: str, task_id: str) -> dict[str, object]:
+        """The task hash decoded: state, message, result, pending_since. Raises if absent."""
+        fields = await self.redis.hgetall(keys.task_key(queue, task_id))
+        if not fields:
+            raise TaskNotFoundError(queue, task_id)
+        raw = fields.get(b"msg")
+        return {
+            "id": task_id,
+            "queue": queue,
+            "state": fields.get(b"state", b"").decode(),
+            "message": decode_task_message(raw) if raw else None,
+            "result": fields.get(b"result"),
+            "pending_since": int(fields[b"pending_since"]) if b"pending_since" in fields else None,
+        }

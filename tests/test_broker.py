@@ -1,0 +1,118 @@
+"""Broker behaviour beyond the spec's scenarios: batches, bad data, lease safety."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from agent.broker import Broker, LeaseLostError, TaskNotFoundError, keys
+from agent.broker.messages import TaskMessage, decode_task_message, encode
+from agent.broker.options import EnqueueOptions
+from tests.keystate import key_state
+
+Q = "default"
+
+
+@pytest.fixture
+async def broker(redis_url):
+    b = Broker(aioredis.Redis.from_url(redis_url))
+    yield b
+    await b.close()
+
+
+async def test_batch_dequeue_takes_oldest_first(broker, r):
+    results = await broker.enqueue_many([("t", b"", EnqueueOptions(task_id=f"T{i}")) for i in range(10)])
+    assert [x.id for x in results] == [f"T{i}" for i in range(10)]
+    tasks, orphans = await broker.dequeue(Q, count=4)
+    assert [t.id for t in tasks] == ["T0", "T1", "T2", "T3"] and orphans == []
+    assert r.llen(keys.active(Q)) == 4 and r.zcard(keys.lease(Q)) == 4
+
+
+async def test_enqueue_many_reports_conflicts_per_item(broker):
+    await broker.enqueue("t", b"", task_id="dup")
+    results = await broker.enqueue_many([("t", b"", EnqueueOptions(task_id="dup")),
+                                         ("t", b"", EnqueueOptions(task_id="fresh"))])
+    assert isinstance(results[0], Exception) and "conflicts" in str(results[0])
+    assert results[1].id == "fresh"
+
+
+async def test_orphan_id_is_dropped_not_left_active(broker, r):
+    r.lpush(keys.pending(Q), "ghost")
+    await broker.enqueue("t", b"", task_id="real")
+    tasks, orphans = await broker.dequeue(Q, count=5)
+    assert orphans == ["ghost"] and [t.id for t in tasks] == ["real"]
+    assert r.lrange(keys.active(Q), 0, -1) == [b"real"]
+    assert not r.exists(keys.task_key(Q, "ghost"))  # no stub hash created
+
+
+async def test_undecodable_message_is_archived_with_its_bytes_kept(broker, r):
+    bad = b"\x0a\x02\xff\xfe"  # field 1 (string) with invalid UTF-8
+    r.hset(keys.task_key(Q, "bad"), mapping={"msg": bad, "state": "pending"})
+    r.lpush(keys.pending(Q), "bad")
+    [task], _ = await broker.dequeue(Q)
+    assert task.message is None and "undecodable" in task.decode_error
+    assert await broker.fail(task, task.decode_error) == "archived"
+    assert r.hget(keys.task_key(Q, "bad"), "msg") == bad
+    assert r.zscore(keys.archived(Q), "bad") is not None
+
+
+async def test_no_write_after_lease_expiry(broker, r):
+    await broker.enqueue("t", b"", task_id="A")
+    [task], _ = await broker.dequeue(Q)
+    task.lease_expiry = int(time.time()) - 1
+    before = key_state(r)
+    for attempt in (broker.complete(task), broker.fail(task, "x"), broker.requeue(task)):
+        with pytest.raises(LeaseLostError):
+            await attempt
+    assert key_state(r) == before
+
+
+async def test_late_outcome_after_recovery_is_refused(broker, r):
+    await broker.enqueue("t", b"", task_id="A")
+    [task], _ = await broker.dequeue(Q)
+    r.zadd(keys.lease(Q), {"A": int(time.time()) - 60})
+    await broker.recover_expired(Q)
+    with pytest.raises(TaskNotFoundError):
+        await broker.complete(task)  # our in-memory lease still looks valid; Redis says no
+    assert r.hget(keys.task_key(Q, "A"), "state") == b"retry"
+
+
+async def test_reconciler_finds_active_ids_without_lease(broker, r):
+    await broker.enqueue("t", b"", task_id="A")
+    await broker.dequeue(Q)
+    r.zrem(keys.lease(Q), "A")
+    assert await broker.active_without_lease(Q) == ["A"]
+
+
+async def test_unknown_fields_survive_a_rewrite(broker, r):
+    msg = TaskMessage(type="t", id="A", queue=Q, retry=5, timeout=60)
+    data = encode(msg) + b"\xa8\x01\x07"  # field 21 (varint 7), unknown to us
+    r.hset(keys.task_key(Q, "A"), mapping={"msg": data, "state": "pending"})
+    r.lpush(keys.pending(Q), "A")
+    [task], _ = await broker.dequeue(Q)
+    await broker.fail(task, "boom")
+    rewritten = r.hget(keys.task_key(Q, "A"), "msg")
+    assert b"\xa8\x01\x07" in rewritten
+    assert decode_task_message(rewritten).retried == 1
+
+
+async def test_scheduled_unique_lock_covers_the_wait(broker, r):
+    await broker.enqueue("t", b"x", task_id="A", process_in=100, unique_ttl=60)
+    lock = keys.unique_key(Q, "t", b"x")
+    assert 155 <= r.ttl(lock) <= 160
+
+
+def test_options_reject_bad_values():
+    from agent.broker.options import build_message
+
+    for bad in (dict(queue=" "), dict(task_id=""), dict(unique_ttl=0.5), dict(timeout=-1),
+                dict(process_at=1, process_in=1), dict(group=" ")):
+        with pytest.raises(ValueError):
+            build_message("t", b"", EnqueueOptions(**bad))
+    with pytest.raises(ValueError):
+        build_message(" ", b"", EnqueueOptions())
+    assert build_message("t", b"", EnqueueOptions(max_retry=-3)).retry == 0
+    only_deadline = build_message("t", b"", EnqueueOptions(deadline=2_000_000_000))
+    assert (only_deadline.timeout, only_deadline.deadline) == (0, 2_000_000_000)
