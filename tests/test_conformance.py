@@ -412,7 +412,7 @@ async def test_22_result(broker, r):
     assert r.hget(keys.task_key(Q, "A"), "result") == b"x"
     await broker.complete(task)
     info = await broker.get_task(Q, "A")
-    assert info["state"] == "completed" and info["result"] == b"x"
+    assert info.state == "completed" and info.result == b"x"
 
 
 # 23

@@ -27,6 +27,7 @@ from agent.broker.messages import (
 from agent.broker.options import EnqueueOptions, EnqueueResult
 from agent.broker.plans import LEASE_EXPIRED_ERROR, LEASE_SECONDS, ScriptCall
 from agent.broker.scripts import Scripts
+from agent.broker.taskinfo import TaskInfo, task_info_from_hash
 
 
 @dataclass
@@ -322,17 +323,13 @@ class Broker:
 
     # -- reads --------------------------------------------------------------------------
 
-    async def get_task(self, queue: str, task_id: str) -> dict[str, object]:
-        """The task hash decoded: state, message, result, pending_since. Raises if absent."""
+    async def get_task(self, queue: str, task_id: str) -> TaskInfo:
+        """The task read back from its hash; ``TaskNotFoundError`` if it does not exist."""
         fields = await self.redis.hgetall(keys.task_key(queue, task_id))
         if not fields:
             raise TaskNotFoundError(queue, task_id)
-        raw = fields.get(b"msg")
-        return {
-            "id": task_id,
-            "queue": queue,
-            "state": fields.get(b"state", b"").decode(),
-            "message": decode_task_message(raw) if raw else None,
-            "result": fields.get(b"result"),
-            "pending_since": int(fields[b"pending_since"]) if b"pending_since" in fields else None,
-        }
+        state = fields.get(b"state", b"").decode()
+        score = None
+        if state in ("scheduled", "retry"):
+            score = await self.redis.zscore(f"{keys.queue_prefix(queue)}{state}", task_id)
+        return task_info_from_hash(queue, task_id, fields, score)

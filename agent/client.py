@@ -1,0 +1,160 @@
+"""Producer clients: enqueue tasks and read their fate, in asynq's format.
+
+``Client`` is synchronous (web apps, scripts); ``AsyncClient`` is for asyncio code. Both
+accept every option of ``asynq.Client.Enqueue`` as keyword arguments (see
+``agent.broker.options.EnqueueOptions``). ``redis`` is imported only when a client is made.
+
+    from agent.client import Client
+    with Client("redis://localhost:6379/0") as client:
+        info = client.enqueue("email:send", {"to": "a@example.com"}, queue="critical",
+                              max_retry=5, timeout=30, unique_ttl=3600)
+        print(client.wait(info.queue, info.id, timeout=10).result_json())
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from agent.broker import keys, plans
+from agent.broker.errors import DuplicateTaskError, TaskIDConflictError, TaskNotFoundError
+from agent.broker.options import EnqueueOptions
+from agent.broker.taskinfo import FINAL_STATES, TaskInfo, task_info_from_hash
+
+
+def encode_payload(payload: Any) -> bytes | None:
+    """bytes pass through, str is UTF-8 encoded, anything else is JSON-encoded."""
+    if payload is None or isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _raise_for_code(code: int, plan: plans.EnqueuePlan) -> TaskInfo:
+    res = plan.result
+    if code == 0:
+        raise TaskIDConflictError(res.queue, res.id)
+    if code == -1:
+        raise DuplicateTaskError(res.queue, res.message.unique_key)
+    return TaskInfo(id=res.id, queue=res.queue, state=res.state, type=res.message.type,
+                    payload=res.message.payload, max_retry=res.message.retry,
+                    next_process_at=res.process_at)
+
+
+def _plan(task_type: str, payload: Any, options: dict[str, Any]) -> plans.EnqueuePlan:
+    return plans.plan_enqueue(task_type, encode_payload(payload), EnqueueOptions(**options))
+
+
+class Client:
+    """Synchronous producer client."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, redis_client=None, **redis_kwargs) -> None:
+        import redis
+
+        from agent.broker.scripts import Scripts
+
+        self.redis = redis_client or redis.Redis.from_url(url, **redis_kwargs)
+        self._scripts = Scripts(self.redis)
+        self._queues: set[str] = set()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def _register(self, queue: str) -> None:
+        if queue not in self._queues:
+            self.redis.sadd(keys.ALL_QUEUES, queue)
+            self._queues.add(queue)
+
+    def enqueue(self, task_type: str, payload: Any = None, **options: Any) -> TaskInfo:
+        plan = _plan(task_type, payload, options)
+        self._register(plan.result.queue)
+        call = plan.call
+        code = getattr(self._scripts, call.script)(keys=call.keys, args=call.args)
+        return _raise_for_code(int(code), plan)
+
+    def enqueue_many(self, tasks: list[tuple[str, Any, dict[str, Any]]]) -> list[TaskInfo | Exception]:
+        """Enqueue a batch in one round trip; returns each task's info or its error."""
+        planned = [_plan(t, p, o) for t, p, o in tasks]
+        for queue in {p.result.queue for p in planned}:
+            self._register(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for plan in planned:
+            getattr(self._scripts, plan.call.script)(keys=plan.call.keys, args=plan.call.args, client=pipe)
+        out: list[TaskInfo | Exception] = []
+        for plan, code in zip(planned, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                out.append(code if isinstance(code, Exception) else _raise_for_code(int(code), plan))
+            except Exception as exc:  # noqa: BLE001 - reported per item
+                out.append(exc)
+        return out
+
+    def get_task(self, queue: str, task_id: str) -> TaskInfo:
+        """The task's current state; ``TaskNotFoundError`` if it does not exist (or was
+        deleted on success without retention)."""
+        fields = self.redis.hgetall(keys.task_key(queue, task_id))
+        if not fields:
+            raise TaskNotFoundError(queue, task_id)
+        state = fields.get(b"state", b"").decode()
+        score = None
+        if state in ("scheduled", "retry"):
+            score = self.redis.zscore(f"{keys.queue_prefix(queue)}{state}", task_id)
+        return task_info_from_hash(queue, task_id, fields, score)
+
+    def wait(self, queue: str, task_id: str, timeout: float = 30.0, poll: float = 0.05) -> TaskInfo:
+        """Wait until the task is completed, archived or deleted; raise TimeoutError otherwise.
+
+        A task that succeeds with no retention is deleted by asynq: that is reported as
+        state ``deleted``. Give tasks a ``retention`` to keep their result readable.
+        """
+        deadline = time.monotonic() + timeout
+        seen = False
+        while True:
+            try:
+                info = self.get_task(queue, task_id)
+                seen = True
+                if info.state in FINAL_STATES:
+                    return info
+            except TaskNotFoundError:
+                if seen:
+                    return TaskInfo(id=task_id, queue=queue, state="deleted")
+                raise
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id!r} in queue {queue!r} still {info.state} after {timeout}s")
+            time.sleep(poll)
+
+
+class AsyncClient:
+    """asyncio producer client with the same methods as ``Client`` (awaitable)."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, redis_client=None, **redis_kwargs) -> None:
+        import redis.asyncio as aioredis
+
+        from agent.broker import Broker
+
+        self.broker = Broker(redis_client or aioredis.Redis.from_url(url, **redis_kwargs))
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.broker.close()
+
+    async def enqueue(self, task_type: str, payload: Any = None, **options: Any) -> TaskInfo:
+        plan = _plan(task_type, payload, options)
+        await self.broker.register_queues([plan.result.queue])
+        code = await self.broker._run(plan.call)
+        return _raise_for_code(int(code), plan)
+
+    async def get_task(self, queue: str, task_id: str) -> TaskInfo:
+        return await self.broker.get_task(queue, task_id)
