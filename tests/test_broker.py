@@ -83,7 +83,10 @@ async def test_reconciler_finds_active_ids_without_lease(broker, r):
     await broker.enqueue("t", b"", task_id="A")
     await broker.dequeue(Q)
     r.zrem(keys.lease(Q), "A")
-    assert await broker.active_without_lease(Q) == ["A"]
+    assert await broker.lease_orphaned_active(Q) == ["A"]
+    assert await broker.lease_orphaned_active(Q) == []
+    assert (await broker.recover_expired(Q))["retry"] == 1
+    assert r.hget(keys.task_key(Q, "A"), "state") == b"retry"
 
 
 async def test_unknown_fields_survive_a_rewrite(broker, r):

@@ -273,13 +273,12 @@ class Broker:
             removed, _ = await pipe.execute()
         return 1 if removed else 0
 
-    async def active_without_lease(self, queue: str) -> list[str]:
-        """IDs in ``active`` that have no lease entry (left by a crash between writes)."""
-        ids = await self.redis.lrange(keys.active(queue), 0, -1)
-        if not ids:
-            return []
-        scores = await self.redis.zmscore(keys.lease(queue), ids)
-        return [i.decode() for i, s in zip(ids, scores, strict=True) if s is None]
+    async def lease_orphaned_active(self, queue: str) -> list[str]:
+        """Give an expired lease to IDs in ``active`` with none (left by a writer that died
+        between commands, e.g. runqy's non-atomic dequeue), so recovery picks them up."""
+        ids = await self.scripts.reconcile(keys=[keys.active(queue), keys.lease(queue)],
+                                           args=[int(time.time()) - 3600])
+        return [i.decode() for i in ids]
 
     # -- queues and heartbeat -----------------------------------------------------------
 

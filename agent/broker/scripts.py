@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "list_lease_expired",
     "write_server_state",
     "clear_server_state",
+    "reconcile",
 )
 
 
