@@ -1,0 +1,286 @@
+"""Processor: the hot path. Dequeues by priority when a slot is free, runs each task on
+its queue's executor, and records the outcome exactly as asynq would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent.broker import Broker, DequeuedTask, LeaseLostError, TaskNotFoundError
+from agent.broker.plans import processing_deadline
+from agent.broker.priority import QueueOrder
+from agent.runtime.leases import LeaseKeeper
+from agent.runtime.outcome import Executor, Outcome
+from agent.runtime.wakeup import QueueWaiters, WorkSignal
+
+log = logging.getLogger("agent.runtime")
+
+CANCELED_ERROR = "context canceled"
+DEADLINE_ERROR = "context deadline exceeded"
+
+
+class Observer:
+    """Hooks for metrics; the default does nothing."""
+
+    def task_started(self, task: DequeuedTask) -> None: ...
+
+    def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None: ...
+
+    def lease_lost(self, task: DequeuedTask) -> None: ...
+
+    def redis_error(self, where: str, exc: BaseException) -> None: ...
+
+    def dequeued(self, queue: str, count: int) -> None: ...
+
+
+@dataclass
+class InFlight:
+    task: DequeuedTask
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted: str = ""  # "", "cancelled", "abandoned" (lease lost) or "requeued"
+    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Processor:
+    def __init__(self, broker: Broker, weights: Mapping[str, int], *, concurrency: int,
+                 limits: Mapping[str, int] | None = None, strict: bool = False,
+                 executor_for: Callable[[str], Executor], leases: LeaseKeeper,
+                 signal: WorkSignal, waiters: QueueWaiters | None = None,
+                 observer: Observer | None = None, batch: int = 64) -> None:
+        self.broker = broker
+        self.order = QueueOrder(weights, strict)
+        self.queues = list(self.order.weights) or list(weights)
+        self.concurrency = concurrency
+        self.limits = dict(limits or {})
+        self.executor_for = executor_for
+        self.leases = leases
+        self.signal = signal
+        self.waiters = waiters
+        self.observer = observer or Observer()
+        self.batch = batch
+        self.in_flight: dict[str, InFlight] = {}
+        self.per_queue: dict[str, int] = dict.fromkeys(self.queues, 0)
+        self.paused: set[str] = set()
+        self.fetching = True
+        self.last_dequeue_ok = 0.0  # monotonic time of the last successful dequeue call
+        self._slot_freed = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._handlers: set[asyncio.Task] = set()
+        self._paused_checked = 0.0
+
+    # -- fetch loop ---------------------------------------------------------------------
+
+    def eligible(self) -> list[str]:
+        """Queues we may take from now: not paused, under their limit, executor healthy."""
+        out = []
+        for queue in self.order.order():
+            if queue in self.paused:
+                continue
+            limit = self.limits.get(queue)
+            if limit is not None and self.per_queue[queue] >= limit:
+                continue
+            if not self.executor_for(queue).healthy:
+                continue
+            out.append(queue)
+        return out
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``stop_fetching``. Never sleeps on a fixed poll."""
+        await self._refresh_paused()
+        while self.fetching:
+            free = self.concurrency - len(self.in_flight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_or_stop(self._slot_freed.wait(), 1.0)
+                continue
+            if time.monotonic() - self._paused_checked > 1.0:
+                await self._refresh_paused()
+            queues = self.eligible()
+            took = await self._fetch(queues, free) if queues else 0
+            if took or not self.fetching:
+                continue
+            await self._refresh_paused()
+            if self.waiters is not None:
+                self.waiters.sync(self.eligible())
+            self.signal.idle.set()
+            await self.signal.wait(1.0)
+            self.signal.idle.clear()
+        self._stopped.set()
+
+    async def _wait_or_stop(self, awaitable, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(awaitable, timeout)
+
+    async def _refresh_paused(self) -> None:
+        try:
+            self.paused = await self.broker.paused_queues(self.queues)
+            self._paused_checked = time.monotonic()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.observer.redis_error("paused", exc)
+
+    async def _fetch(self, queues: list[str], free: int) -> int:
+        for queue in queues:
+            want = min(free, self.batch)
+            limit = self.limits.get(queue)
+            if limit is not None:
+                want = min(want, limit - self.per_queue[queue])
+            try:
+                tasks, orphans = await self.broker.dequeue(queue, want)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.observer.redis_error("dequeue", exc)
+                log.warning("dequeue from %s failed: %s; retrying", queue, exc)
+                await asyncio.sleep(0.5)
+                return 0
+            self.last_dequeue_ok = time.monotonic()
+            for orphan in orphans:
+                log.warning("queue %s: task ID %s had no task hash; dropped it", queue, orphan)
+            if tasks:
+                self.observer.dequeued(queue, len(tasks))
+                for task in tasks:
+                    self._dispatch(task)
+                return len(tasks)
+        return 0
+
+    def _dispatch(self, task: DequeuedTask) -> None:
+        entry = InFlight(task)
+        self.in_flight[task.id] = entry
+        self.per_queue[task.queue] = self.per_queue.get(task.queue, 0) + 1
+        self.leases.add(task)
+        self.observer.task_started(task)
+        handler = asyncio.create_task(self._handle(entry), name=f"task:{task.id}")
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    # -- one task -----------------------------------------------------------------------
+
+    async def _handle(self, entry: InFlight) -> None:
+        task = entry.task
+        started = time.monotonic()
+        try:
+            outcome = await self._execute(entry)
+            if entry.interrupted == "cancelled":
+                outcome = Outcome("retry", error=CANCELED_ERROR)
+            if entry.interrupted in ("abandoned", "requeued"):
+                return
+            state = await self._record(task, outcome)
+            self.observer.task_finished(task, outcome, state, time.monotonic() - started)
+        except Exception:  # noqa: BLE001 - one task's trouble must never stop the agent
+            log.exception("unexpected error while handling task %s of queue %s", task.id, task.queue)
+        finally:
+            self.in_flight.pop(task.id, None)
+            self.per_queue[task.queue] -= 1
+            self.leases.remove(task)
+            entry.done.set()
+            self._slot_freed.set()
+            self.signal.notify()
+
+    async def _execute(self, entry: InFlight) -> Outcome:
+        task = entry.task
+        if task.message is None:
+            return Outcome("archive", error=task.decode_error)
+        deadline = processing_deadline(task.message, task.started_at)
+        if deadline <= time.time():
+            return Outcome("retry", error=DEADLINE_ERROR)
+        run = asyncio.create_task(self.executor_for(task.queue).execute(task, deadline))
+        interrupt = asyncio.create_task(entry.interrupt.wait())
+        done, _ = await asyncio.wait({run, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+        interrupt.cancel()
+        if run in done:
+            return run.result()
+        # Cancelled, abandoned or requeued: the executor finishes on its own; drop its answer.
+        run.add_done_callback(lambda t: t.cancelled() or t.exception())
+        with contextlib.suppress(Exception):
+            await self.executor_for(task.queue).cancel(task.id)
+        return Outcome("retry", error=CANCELED_ERROR)
+
+    async def _record(self, task: DequeuedTask, outcome: Outcome) -> str:
+        """Write the outcome; retry Redis errors until the lease runs out (asynq's syncer)."""
+        while True:
+            try:
+                return await self._write(task, outcome)
+            except LeaseLostError:
+                self.observer.lease_lost(task)
+                log.warning("task %s (queue %s): lease lost before its outcome could be written; "
+                            "left to recovery", task.id, task.queue)
+                return "lease_lost"
+            except TaskNotFoundError as exc:
+                log.warning("%s", exc)
+                return "not_found"
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.observer.redis_error("outcome", exc)
+                if not task.lease_valid():
+                    return "lease_lost"
+                await asyncio.sleep(1.0)
+
+    async def _write(self, task: DequeuedTask, outcome: Outcome) -> str:
+        if outcome.kind == "success":
+            retention = task.message.retention if task.message else 0
+            await self.broker.complete(task, outcome.result if retention > 0 else None)
+            return "completed" if retention > 0 else "deleted"
+        if outcome.kind == "requeue":
+            await self.broker.requeue(task)
+            return "pending"
+        return await self.broker.fail(task, outcome.error or "unknown error",
+                                      skip_retry=outcome.kind == "archive", retry_in=outcome.retry_in)
+
+    # -- control ------------------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> bool:
+        entry = self.in_flight.get(task_id)
+        if entry is None or entry.interrupted:
+            return False
+        entry.interrupted = "cancelled"
+        entry.interrupt.set()
+        return True
+
+    def abandon(self, task: DequeuedTask) -> None:
+        """The lease is lost: stop waiting for the task and write nothing for it."""
+        entry = self.in_flight.get(task.id)
+        if entry is not None and entry.task is task and not entry.interrupted:
+            entry.interrupted = "abandoned"
+            entry.interrupt.set()
+
+    def stop_fetching(self) -> None:
+        self.fetching = False
+        self.signal.notify()
+        self._slot_freed.set()
+
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> int:
+        """Wait up to ``timeout`` for in-flight tasks, then requeue the rest (ours only).
+
+        Returns how many tasks were requeued. ``hurry`` (a second signal) ends the wait early.
+        """
+        self.stop_fetching()
+        waits = [asyncio.create_task(e.done.wait()) for e in list(self.in_flight.values())]
+        if waits:
+            stop_early = [asyncio.create_task(hurry.wait())] if hurry else []
+            all_done = asyncio.create_task(asyncio.wait(waits))
+            await asyncio.wait({all_done, *stop_early}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for t in (*waits, *stop_early, all_done):
+                t.cancel()
+        requeued = 0
+        for entry in list(self.in_flight.values()):
+            if entry.interrupted:
+                continue
+            entry.interrupted = "requeued"
+            entry.interrupt.set()
+            try:
+                await self.broker.requeue(entry.task)
+                requeued += 1
+            except (LeaseLostError, TaskNotFoundError) as exc:
+                log.warning("could not requeue task %s: %s", entry.task.id, exc)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.error("could not requeue task %s (Redis unreachable: %s); its lease will "
+                          "expire and it will be recovered", entry.task.id, exc)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=5.0)
+        return requeued
