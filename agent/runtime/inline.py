@@ -62,3 +62,13 @@ class InlineExecutor:
         if run is not None:
             run.cancel()
 
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, grace: float) -> None:
+        for run in list(self._running.values()):
+            run.cancel()
+
+    def status(self) -> list[dict]:
+        return [{"kind": "inline", "in_flight": len(self._running)}]

@@ -1,0 +1,220 @@
+"""Agent: wires the broker, the processor, the executors and the background loops, and
+runs the lifecycle (starting -> ready -> draining -> stopped) with signal handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from agent.broker import Broker
+from agent.runtime.cancel import CancelListener
+from agent.runtime.forwarder import Forwarder
+from agent.runtime.heartbeat import Heartbeat, Identity
+from agent.runtime.janitor import Janitor
+from agent.runtime.leases import LeaseKeeper
+from agent.runtime.lifecycle import Lifecycle, State
+from agent.runtime.outcome import Executor
+from agent.runtime.processor import Observer, Processor
+from agent.runtime.reconciler import Reconciler
+from agent.runtime.recoverer import Recoverer
+from agent.runtime.wakeup import QueueWaiters, WorkSignal
+
+log = logging.getLogger("agent.runtime")
+
+
+class StopRequested(Exception):
+    """A stop signal arrived before the agent was ready."""
+
+
+@dataclass
+class AgentSettings:
+    redis_url: str
+    redis_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=lambda: {"default": 1})
+    limits: dict[str, int] = field(default_factory=dict)
+    concurrency: int = 10
+    strict_priority: bool = False
+    shutdown_timeout: float = 8.0
+    socket_timeout: float = 10.0
+
+
+def parent_queue(queue: str) -> str:
+    """``inference.high`` -> ``inference``: sub-queues share their parent's executor."""
+    return queue.split(".", 1)[0]
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, executors: Mapping[str, Executor],
+                 observer: Observer | None = None) -> None:
+        self.settings = settings
+        self.executors = dict(executors)  # by parent queue
+        self.observer = observer or Observer()
+        self.lifecycle = Lifecycle()
+        self.identity = Identity()
+        self.hurry = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.loop_tick = time.monotonic()
+        self.redis_ok = False
+        self.requeued_at_shutdown = 0
+        self._processor_task: asyncio.Task | None = None
+        self._ticker: asyncio.Task | None = None
+
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)
+        common = dict(socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
+                      health_check_interval=15, retry=retry, **settings.redis_kwargs)
+        self.redis = aioredis.Redis.from_url(settings.redis_url, **common)
+        # Blocking waits need a socket timeout above their own block time.
+        self.waiter_redis = aioredis.Redis.from_url(settings.redis_url, **common)
+        self.lease_redis = redis.Redis.from_url(settings.redis_url, **common)
+        self.broker = Broker(self.redis)
+
+        self.signal = WorkSignal()
+        self.waiters = QueueWaiters(self.waiter_redis, self.signal)
+        self.leases = LeaseKeeper(self.lease_redis, loop_alive=self._loop_alive)
+        self.processor = Processor(
+            self.broker, settings.weights, concurrency=settings.concurrency, limits=settings.limits,
+            strict=settings.strict_priority, executor_for=self.executor_for, leases=self.leases,
+            signal=self.signal, waiters=self.waiters, observer=self.observer)
+        queues = lambda: self.processor.queues  # noqa: E731
+        self.forwarder = Forwarder(self.broker, queues)
+        self.recoverer = Recoverer(self.broker, queues)
+        self.janitor = Janitor(self.broker, queues)
+        self.reconciler = Reconciler(self.broker, queues)
+        self.heartbeat = Heartbeat(self.broker, self.identity, settings.weights, settings.concurrency,
+                                   settings.strict_priority, lambda: self.lifecycle.asynq_status,
+                                   lambda: [e.task for e in self.processor.in_flight.values()])
+        self.cancels = CancelListener(self.redis, self.processor.cancel)
+        self.loops = [self.heartbeat, self.forwarder, self.recoverer, self.janitor, self.reconciler]
+        self._loop = asyncio.get_running_loop()
+        self.leases.on_lost = lambda task: self._loop.call_soon_threadsafe(self.processor.abandon, task)
+
+    def executor_for(self, queue: str) -> Executor:
+        return self.executors[parent_queue(queue)]
+
+    def _loop_alive(self) -> bool:
+        return time.monotonic() - self.loop_tick < 20.0
+
+    async def _tick(self) -> None:
+        while True:
+            self.loop_tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stop_requested.is_set():
+            log.warning("second stop signal: cutting the drain short (in-flight tasks are requeued)")
+            self.hurry.set()
+        else:
+            log.info("stop requested: draining")
+            self._stop_requested.set()
+
+    def pause(self) -> None:
+        """Stop taking new tasks (SIGTSTP / ops drain); running tasks continue."""
+        if self.lifecycle.move(State.PAUSED):
+            self.processor.fetching = False
+            self.processor.stop_fetching()
+
+    def resume(self) -> None:
+        if self.lifecycle.move(State.READY):
+            self.processor.fetching = True
+            self._processor_task = asyncio.create_task(self.processor.run(), name="processor")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGTSTP, self.pause)
+
+    async def connect(self, attempts: int = 0) -> None:
+        """Wait for Redis (with backoff); ``attempts`` = 0 means keep trying until stopped."""
+        delay, n = 0.2, 0
+        while True:
+            n += 1
+            try:
+                await self.redis.ping()
+                self.redis_ok = True
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if attempts and n >= attempts:
+                    raise
+                log.warning("Redis not reachable at start-up (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+                if self._stop_requested.is_set():
+                    raise StopRequested from exc
+                delay = min(delay * 2, 5.0)
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick(), name="loop-tick")
+        await self.connect()
+        # Register our queues so `asynq stats` and the Inspector show them before any enqueue.
+        await self.broker.register_queues(self.processor.queues)
+        for name, executor in self.executors.items():
+            log.info("starting executor for queue %s", name)
+            await executor.start()
+        self.leases.start()
+        for loop in self.loops:
+            loop.start()
+        self.cancels.start()
+        self._processor_task = asyncio.create_task(self.processor.run(), name="processor")
+        self.lifecycle.move(State.READY)
+        log.info("ready: queues %s, concurrency %d%s", self.settings.weights, self.settings.concurrency,
+                 ", strict priority" if self.settings.strict_priority else "")
+
+    async def wait_for_stop(self) -> None:
+        await self._stop_requested.wait()
+
+    async def shutdown(self) -> None:
+        self.lifecycle.move(State.DRAINING)
+        self.requeued_at_shutdown = await self.processor.drain(self.settings.shutdown_timeout, self.hurry)
+        if self.requeued_at_shutdown:
+            log.warning("requeued %d unfinished task(s)", self.requeued_at_shutdown)
+        if self._processor_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._processor_task, 5)
+        await self.waiters.stop()
+        await self.cancels.stop()
+        for loop in self.loops:
+            await loop.stop()
+        self.leases.stop()
+        for name, executor in self.executors.items():
+            try:
+                await executor.stop(grace=5.0)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("stopping executor %s: %s", name, exc)
+        try:
+            await self.heartbeat.clear()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("could not remove heartbeat keys (they expire in 10s): %s", exc)
+        self.lifecycle.move(State.STOPPED)
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.redis.aclose()
+        await self.waiter_redis.aclose()
+        self.lease_redis.close()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the exit code."""
+        self.install_signal_handlers()
+        try:
+            await self.start()
+        except StopRequested:
+            await self.shutdown()
+            return 0
+        await self.wait_for_stop()
+        await self.shutdown()
+        log.info("stopped")
+        return 0
