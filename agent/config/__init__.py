@@ -1,0 +1,57 @@
+"""Typed agent configuration: YAML file + ``${VAR}`` placeholders + ``RUNDOWN_*`` overrides.
+
+Usage::
+
+    from agent.config import ConfigError, load_config
+
+    try:
+        config = load_config("config.yml")
+    except ConfigError as exc:
+        for problem in exc.problems:      # every problem, each with its field path
+            print(problem.path, problem.message)
+
+The modules: :mod:`.model` (the dataclasses), :mod:`.values` (parsers of single values),
+:mod:`.sources` (file, placeholders, environment), :mod:`.schema` (keys, types, cross-field
+rules), :mod:`.loader` (``load_config``). The reference is ``docs/configuration.md``.
+"""
+
+from .errors import ConfigError, Problem
+from .loader import load_config
+from .model import (
+    DEFAULT_OPS_LISTEN,
+    BootstrapConfig,
+    Config,
+    DeploymentConfig,
+    GitConfig,
+    LoggingConfig,
+    OpsConfig,
+    QueueSpec,
+    RedisConfig,
+    RetryConfig,
+    Secret,
+    ServerConfig,
+    WorkerConfig,
+)
+from .values import format_duration, parse_duration, parse_size
+
+__all__ = [
+    "DEFAULT_OPS_LISTEN",
+    "BootstrapConfig",
+    "Config",
+    "ConfigError",
+    "DeploymentConfig",
+    "GitConfig",
+    "LoggingConfig",
+    "OpsConfig",
+    "Problem",
+    "QueueSpec",
+    "RedisConfig",
+    "RetryConfig",
+    "Secret",
+    "ServerConfig",
+    "WorkerConfig",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]

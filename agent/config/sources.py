@@ -1,0 +1,227 @@
+"""Where raw configuration comes from: the YAML file, ``${VAR}`` placeholders, ``RUNDOWN_*`` overrides.
+
+The output is a plain tree (dicts, lists, scalars) for :mod:`agent.config.schema` to type-check,
+plus a :class:`Findings` holding problems, warnings, the file line of every key and which fields
+an environment variable set.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+__all__ = ["FAILED", "Findings", "apply_overrides", "expand_placeholders", "read_yaml"]
+
+#: Stands in for a value whose placeholder could not be expanded: it is already reported, so the
+#: schema neither parses it nor reports the field as missing.
+FAILED: Any = type("Failed", (), {"__repr__": lambda self: "<failed>"})()
+
+# RUNDOWN_* variables that other parts of the project read; not config overrides.
+_NOT_OVERRIDES = frozenset({"RUNDOWN_CONFIG", "RUNDOWN_REDIS_SERVER"})
+
+
+class Findings:
+    """Problems and warnings found while loading, with the context to place them."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self.lines: dict[str, int] = {}  # "worker.queues[1]" -> line in the file
+        self.origins: dict[str, str] = {}  # "worker.concurrency" -> "RUNDOWN_WORKER_CONCURRENCY"
+
+    def origin(self, path: str) -> str | None:
+        """The environment variable that set ``path`` (or a field containing it)."""
+        for prefix, name in self.origins.items():
+            if path == prefix or path.startswith((prefix + ".", prefix + "[")):
+                return name
+        return None
+
+    def line(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path) if re.search(r"[.\[]", path) else ""
+        return None
+
+    def add(self, path: str, message: str) -> None:
+        origin = self.origin(path)
+        if origin is not None:
+            self.problems.append(Problem(path, f"{message} (from {origin})"))
+        else:
+            self.problems.append(Problem(path, message, self.line(path)))
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def unknown_key(key: str, known: Iterable[str], what: str = "key") -> str:
+    """``unknown key "concurency"; did you mean "concurrency"?`` (or the list of known keys)."""
+    known = list(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f'unknown {what} "{key}"; did you mean "{close[0]}"?'
+    return f'unknown {what} "{key}"; expected one of: {", ".join(known)}'
+
+
+def read_yaml(path: Path, findings: Findings) -> Any:
+    """Parse the file and index the line of every key; fatal problems raise :class:`ConfigError`."""
+    label = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(label, "file not found")], label) from None
+    except IsADirectoryError:
+        raise ConfigError([Problem(label, "is a directory, not a config file")], label) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(label, f"cannot read the file: {reason}")], label) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_syntax_problem(label, exc)], label) from None
+    except yaml.YAMLError as exc:  # pragma: no cover - every parser error carries a mark
+        raise ConfigError([Problem(label, f"YAML syntax error: {exc}")], label) from None
+    if root is not None:
+        _index(root, "", findings)
+    return data
+
+
+def _syntax_problem(label: str, exc: yaml.MarkedYAMLError) -> Problem:
+    # Built from the problem text and mark only: PyYAML's str() quotes the offending line,
+    # which may hold a secret.
+    mark = exc.problem_mark or exc.context_mark
+    what = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+    if mark is None:  # pragma: no cover
+        return Problem(label, f"YAML syntax error: {what}")
+    return Problem(f"{label}:{mark.line + 1}:{mark.column + 1}",
+                   f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {what}")
+
+
+def _index(node: yaml.Node, path: str, findings: Findings) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            child = f"{path}.{key}" if path else key
+            if key in first:
+                findings.problems.append(Problem(child, f"duplicate key (first on line {first[key]})", line))
+                continue
+            first[key] = line
+            findings.lines[child] = line
+            _index(value_node, child, findings)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = f"{path}[{i}]"
+            findings.lines[child] = item.start_mark.line + 1
+            _index(item, child, findings)
+
+
+_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def expand_placeholders(data: Any, environ: Mapping[str, str], findings: Findings, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string value (not keys); ``$${`` → ``${``.
+
+    Runs on the parsed tree, so an expanded value can never change the YAML structure.
+    A value that cannot be expanded is reported and replaced by :data:`FAILED`.
+    """
+    if isinstance(data, dict):
+        return {k: expand_placeholders(v, environ, findings, f"{path}.{k}" if path else str(k))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_placeholders(v, environ, findings, f"{path}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data and findings.origin(path) is None:
+        return _expand(data, environ, findings, path)  # values from RUNDOWN_* stay literal
+    return data
+
+
+def _expand(text: str, environ: Mapping[str, str], findings: Findings, path: str) -> Any:
+    failures: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        if whole == "$${":
+            return "${"
+        inner = match.group(1)
+        name, has_default, default = (inner or "").partition(":-")
+        if inner is None or not _VAR_NAME.fullmatch(name):
+            shown = whole if inner is not None else "${"
+            failures.append(f'malformed placeholder "{shown}": write ${{NAME}} or ${{NAME:-default}} '
+                            f'(and $${{ for a literal "${{")')
+            return ""
+        value = environ.get(name)
+        if has_default:
+            return value if value else default
+        if value is None:
+            failures.append(f"environment variable {name} is not set "
+                            f"(write ${{{name}:-default}} to give a default)")
+            return ""
+        return value
+
+    expanded = _PLACEHOLDER.sub(substitute, text)
+    for failure in failures:
+        findings.add(path, failure)
+    return FAILED if failures else expanded
+
+
+def override_names(fields: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[str, str, str]]:
+    """``RUNDOWN_<SECTION>_<FIELD>`` → (section, field, kind) for every overridable field."""
+    names = {}
+    for section, table in fields.items():
+        for name, kind in table.items():
+            names[f"RUNDOWN_{section}_{name}".upper()] = (section, name, kind)
+    return names
+
+
+def apply_overrides(data: Any, environ: Mapping[str, str], fields: Mapping[str, Mapping[str, str]],
+                    findings: Findings) -> Any:
+    """Set each field named by a non-empty ``RUNDOWN_<SECTION>_<FIELD>`` variable, over the file.
+
+    Args:
+        fields: section → field → kind (``scalar``, or ``list`` for comma-separated values).
+    """
+    if not isinstance(data, dict):
+        return data
+    names = override_names(fields)
+    prefixes = tuple(f"RUNDOWN_{s.upper()}_" for s in fields)
+    for var in sorted(environ):
+        value = environ[var]
+        if var not in names:
+            if var.startswith(prefixes) and var not in _NOT_OVERRIDES and value:
+                close = difflib.get_close_matches(var, list(names), n=1, cutoff=0.8)
+                if close:
+                    findings.warn(f"environment variable {var} is not a config override; "
+                                  f"did you mean {close[0]}?")
+            continue
+        if value == "":
+            continue  # an empty variable counts as unset
+        section, name, kind = names[var]
+        target = data.setdefault(section, {})
+        if target is None:
+            target = data[section] = {}
+        if not isinstance(target, dict):
+            continue  # the section itself is wrong; the schema reports it
+        target[name] = [v.strip() for v in value.split(",") if v.strip()] if kind == "list" else value
+        _forget(findings, f"{section}.{name}")
+        findings.origins[f"{section}.{name}"] = var
+        if (section, name) == ("worker", "queues"):
+            target.pop("queue", None)
+        elif (section, name) == ("worker", "queue"):
+            target.pop("queues", None)
+    return data
+
+
+def _forget(findings: Findings, path: str) -> None:
+    for key in [k for k in findings.lines if k == path or k.startswith((path + ".", path + "["))]:
+        del findings.lines[key]

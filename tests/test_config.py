@@ -1,0 +1,484 @@
+"""agent.config: loading, placeholders, RUNDOWN_* overrides, validation problems, secrets."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import redis
+
+from agent import logs
+from agent.config import (
+    Config,
+    ConfigError,
+    QueueSpec,
+    Secret,
+    format_duration,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+API_KEY = "sk-live-0123456789abcdef"
+SERVER = f"""
+server:
+  url: https://control.example.com/
+  api_key: {API_KEY}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), environ or {})
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, environ)
+    found: dict[str, str] = {}
+    for p in info.value.problems:
+        found.setdefault(p.path, p.message)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets():
+    yield
+    logs.clear_secrets()
+
+
+# --- defaults and parsing -------------------------------------------------------------------
+
+def test_minimal_server_config_gets_every_default(tmp_path):
+    config = load(tmp_path, SERVER + "worker:\n  queues: [emails]\n")
+    assert config.server.url == "https://control.example.com"
+    assert config.server.api_key == Secret(API_KEY)
+    assert config.worker.queues == (QueueSpec("emails", 1, None),)
+    assert (config.worker.concurrency, config.worker.strict_priority) == (10, False)
+    assert config.worker.shutdown_timeout == 8.0
+    assert (config.worker.max_tasks_per_child, config.worker.max_memory_per_child) == (0, None)
+    assert (config.bootstrap.retries, config.bootstrap.retry_delay) == (3, 5.0)
+    dep = config.deployment
+    assert dep.dir == tmp_path / "deployment"
+    assert (dep.git_url, dep.branch, dep.commit, dep.code_path, dep.path) == (None, "main", None, "", None)
+    assert (dep.startup_cmd, dep.env_vars, dep.startup_timeout) == (None, {}, 60.0)
+    assert (dep.mode, dep.processes, dep.max_in_flight_per_child) == ("long_running", 1, 10)
+    assert (dep.venv, dep.requirements) == ("auto", None)
+    assert config.git.ssh_key is None and config.git.token is None and config.git.known_hosts is None
+    assert config.git.accept_new_host_keys is False
+    assert config.retry.max_retry == 25
+    assert (config.ops.listen, config.ops.host, config.ops.port) == ("127.0.0.1:9465", "127.0.0.1", 9465)
+    assert (config.ops.token, config.ops.enable_controls) == (None, False)
+    assert (config.logging.level, config.logging.format) == ("info", "auto")
+    assert config.redis is None and config.local_mode is False
+    assert config.source == tmp_path / "config.yml"
+    assert config.warnings == ()
+
+
+def test_every_field_is_parsed(tmp_path):
+    (tmp_path / "id_ed25519").write_text("key")
+    (tmp_path / "known_hosts").write_text("hosts")
+    config = load(tmp_path, SERVER + """
+worker:
+  queues:
+    - inference.high
+    - {name: inference.low, weight: 3, concurrency: 2}
+    - transcoding:4
+  concurrency: "20"
+  strict_priority: true
+  shutdown_timeout: 1m30s
+  max_tasks_per_child: 100
+  max_memory_per_child: 512MB
+bootstrap: {retries: 5, retry_delay: 250ms}
+deployment:
+  dir: work/deploy
+  git_url: https://github.com/acme/tasks.git
+  branch: release
+  commit: 3f2c1e9
+  code_path: ./services/worker/
+  startup_cmd: python -u "my worker.py"
+  env_vars: {MODEL: small, PORT: 8080}
+  startup_timeout: 2m
+  mode: one_shot
+  processes: 3
+  max_in_flight_per_child: 4
+  venv: none
+  requirements: reqs/prod.txt
+git:
+  ssh_key: id_ed25519
+  token: ghp_abcdefgh
+  known_hosts: known_hosts
+  accept_new_host_keys: yes
+retry: {max_retry: 0}
+ops: {listen: "[::1]:0", token: ops-token-1, enable_controls: true}
+logging: {level: WARN, format: json}
+""")
+    w = config.worker
+    assert w.queues == (QueueSpec("inference.high"), QueueSpec("inference.low", 3, 2), QueueSpec("transcoding", 1, 4))
+    assert w.queues[1].parent == "inference"
+    assert (w.concurrency, w.strict_priority, w.shutdown_timeout) == (20, True, 90.0)
+    assert (w.max_tasks_per_child, w.max_memory_per_child) == (100, 512_000_000)
+    assert (config.bootstrap.retries, config.bootstrap.retry_delay) == (5, 0.25)
+    d = config.deployment
+    assert d.dir == tmp_path / "work" / "deploy"
+    assert (d.git_url, d.branch, d.commit, d.code_path) == ("https://github.com/acme/tasks.git", "release", "3f2c1e9", "services/worker")
+    assert d.startup_argv == ("python", "-u", "my worker.py")
+    assert d.env_vars == {"MODEL": "small", "PORT": "8080"}
+    assert (d.startup_timeout, d.mode, d.processes, d.max_in_flight_per_child) == (120.0, "one_shot", 3, 4)
+    assert (d.venv, d.requirements) == ("none", "reqs/prod.txt")
+    assert config.git.ssh_key == tmp_path / "id_ed25519"
+    assert config.git.known_hosts == tmp_path / "known_hosts"
+    assert config.git.token.reveal() == "ghp_abcdefgh" and config.git.accept_new_host_keys is True
+    assert config.retry.max_retry == 0
+    assert (config.ops.host, config.ops.port, config.ops.enable_controls) == ("::1", 0, True)
+    assert config.ops.token.reveal() == "ops-token-1"
+    assert (config.logging.level, config.logging.format) == ("warning", "json")
+    # A local deployment spec without a redis section is server mode: it is reported, not used.
+    assert not config.local_mode
+    assert any("only in local mode" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("300ms", 0.3), ("1.5h", 5400.0), ("2h45m", 9900.0), ("0", 0.0), ("30", 30.0), (45, 45.0),
+    (2.5, 2.5), ("1m30s", 90.0), ("100us", 1e-4), ("-5s", -5.0),
+])
+def test_durations_are_go_style_or_seconds(text, seconds):
+    assert parse_duration(text, minimum=None) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["ten", "5 s", "1d", "", "s", "1h-5m", True])
+def test_bad_durations_are_rejected(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512MB", 512_000_000), ("1GiB", 2**30), ("1.5KiB", 1536), (4096, 4096), ("100", 100),
+    ("2 mb", 2_000_000), ("1Ti", 2**40),
+])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+def test_format_duration_round_trips():
+    for seconds in (0, 0.25, 8, 90, 3600, 9900, 5400.5):
+        assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+# --- ${VAR} placeholders ----------------------------------------------------------------------
+
+def test_placeholders_expand_after_parsing(tmp_path):
+    env = {"KEY": 'has "quotes"\nand: a newline', "CONC": "7", "EMPTY": ""}
+    config = load(tmp_path, """
+server:
+  url: ${URL:-http://localhost:3000}
+  api_key: ${KEY}
+worker:
+  queues: ["${Q:-emails}"]
+  concurrency: ${CONC}
+deployment:
+  env_vars:
+    LITERAL: $${NOT_EXPANDED}
+    FALLBACK: ${EMPTY:-used-when-empty}
+    SET_EMPTY: x${EMPTY}y
+""", env)
+    assert config.server.url == "http://localhost:3000"
+    assert config.server.api_key.reveal() == env["KEY"]
+    assert config.worker.queues == (QueueSpec("emails"),) and config.worker.concurrency == 7
+    assert config.deployment.env_vars == {
+        "LITERAL": "${NOT_EXPANDED}", "FALLBACK": "used-when-empty", "SET_EMPTY": "xy"}
+
+
+def test_unset_placeholder_is_an_error_naming_variable_and_field(tmp_path):
+    found = problems(tmp_path, SERVER.replace(API_KEY, "${MISSING_KEY}") + "worker: {queues: [a]}\n")
+    assert list(found) == ["server.api_key"]
+    assert "MISSING_KEY is not set" in found["server.api_key"]
+
+
+def test_malformed_placeholder_is_an_error(tmp_path):
+    found = problems(tmp_path, SERVER + "worker: {queues: ['${1BAD}', '${OPEN']}\n")
+    assert set(found) == {"worker.queues[0]", "worker.queues[1]"}
+    assert "malformed placeholder" in found["worker.queues[0]"]
+
+
+# --- RUNDOWN_* overrides ----------------------------------------------------------------------
+
+def test_environment_overrides_win_over_the_file(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queue: old, concurrency: 2}\nlogging: {level: info}\n", {
+        "RUNDOWN_WORKER_CONCURRENCY": "12",
+        "RUNDOWN_WORKER_QUEUES": "a, b:3 ,,c.high",
+        "RUNDOWN_SERVER_API_KEY": "from-env-key",
+        "RUNDOWN_LOGGING_LEVEL": "",  # empty = unset: the file's value stays
+        "RUNDOWN_OPS_LISTEN": "off",
+        "RUNDOWN_DEPLOYMENT_DIR": "rel/dir",
+    })
+    assert config.worker.concurrency == 12
+    assert config.worker.queues == (QueueSpec("a"), QueueSpec("b", 1, 3), QueueSpec("c.high"))
+    assert config.server.api_key.reveal() == "from-env-key"
+    assert config.logging.level == "info"
+    assert config.ops.listen is None and config.ops.port is None
+    assert config.deployment.dir == Path.cwd() / "rel" / "dir"  # env paths: relative to the CWD
+    assert config.warnings == ()  # the file's deprecated `queue` was replaced, so no warning
+
+
+def test_environment_only_configuration(tmp_path):
+    config = load_config(None, {
+        "RUNDOWN_SERVER_URL": "http://ctl:3000", "RUNDOWN_SERVER_API_KEY": "env-only-key",
+        "RUNDOWN_WORKER_QUEUES": "emails", "RUNDOWN_REDIS_SERVER": "/usr/bin/redis-server",
+    })
+    assert config.source is None and config.server.url == "http://ctl:3000"
+    assert config.worker.queues == (QueueSpec("emails"),)
+
+
+def test_environment_only_without_anything_reports_what_is_required():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {})
+    assert [p.path for p in info.value.problems] == ["worker.queues", "server.url", "server.api_key"]
+    assert info.value.report().startswith("configuration: 3 problems")
+
+
+def test_bad_override_names_its_variable_and_is_not_expanded(tmp_path):
+    found = problems(tmp_path, SERVER + "worker: {queues: [a]}\n",
+                     {"RUNDOWN_WORKER_CONCURRENCY": "0", "RUNDOWN_WORKER_QUEUES": "${X}"})
+    assert found["worker.concurrency"] == "expected a positive integer, got \"0\" (from RUNDOWN_WORKER_CONCURRENCY)"
+    assert "worker.queues[0]" in found and "not set" not in found["worker.queues[0]"]
+
+
+def test_mistyped_override_gets_a_warning(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queues: [a]}\n", {"RUNDOWN_WORKER_CONCURENCY": "3"})
+    assert config.worker.concurrency == 10
+    assert config.warnings == ("environment variable RUNDOWN_WORKER_CONCURENCY is not a config "
+                               "override; did you mean RUNDOWN_WORKER_CONCURRENCY?",)
+
+
+# --- queue specs ------------------------------------------------------------------------------
+
+def test_colon_with_a_word_suggests_a_sub_queue(tmp_path):
+    found = problems(tmp_path, SERVER + "worker: {queues: [emails, 'inference:high']}\n")
+    assert found == {"worker.queues[1]": (
+        '"inference:high" is not a queue spec: write "inference.high" for a sub-queue, '
+        'or "inference:N" (N a positive integer) to limit the queue\'s concurrency')}
+
+
+@pytest.mark.parametrize(("queues", "path", "fragment"), [
+    ("[a, a:2]", "worker.queues[1]", 'duplicate queue "a"'),
+    ("['a:0']", "worker.queues[0]", "must be a positive integer"),
+    ("['']", "worker.queues[0]", 'got ""'),
+    ("['has space']", "worker.queues[0]", "a queue name"),
+    ("['a..b']", "worker.queues[0]", "a queue name"),
+    ("[{name: a, wieght: 2}]", "worker.queues[0].wieght", 'did you mean "weight"'),
+    ("[{weight: 2}]", "worker.queues[0].name", "required"),
+    ("[{name: a, weight: 0}]", "worker.queues[0].weight", "expected a positive integer, got 0"),
+    ("[{name: 'a:3'}]", "worker.queues[0].name", "concurrency key"),
+    ("[[a]]", "worker.queues[0]", "got a list"),
+    ("{a: 1}", "worker.queues", "expected a list of queues, got a mapping"),
+    ("[]", "worker.queues", "at least one queue"),
+])
+def test_malformed_queue_specs(tmp_path, queues, path, fragment):
+    found = problems(tmp_path, SERVER + f"worker:\n  queues: {queues}\n")
+    assert path in found, found
+    assert fragment in found[path]
+
+
+def test_deprecated_queue_alias(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queue: 'emails:2'}\n")
+    assert config.worker.queues == (QueueSpec("emails", 1, 2),)
+    assert any("deprecated" in w for w in config.warnings)
+    assert "worker.queue" in problems(tmp_path, SERVER + "worker: {queue: a, queues: [b]}\n")
+
+
+# --- each kind of problem, with its exact path ------------------------------------------------
+
+@pytest.mark.parametrize(("snippet", "path", "message"), [
+    ("worker: {queues: [a], concurency: 3}", "worker.concurency",
+     'unknown key "concurency"; did you mean "concurrency"?'),
+    ("wroker: {}\nworker: {queues: [a]}", "wroker", 'unknown section "wroker"; did you mean "worker"?'),
+    ("worker: [a]", "worker", "expected a mapping of worker settings, got a list"),
+    ("worker: {queues: [a], shutdown_timeout: ten}", "worker.shutdown_timeout",
+     'expected a non-negative duration like "30s" or "1m", got "ten"'),
+    ("worker: {queues: [a], shutdown_timeout: -1s}", "worker.shutdown_timeout",
+     'expected a non-negative duration like "30s" or "1m", got "-1s"'),
+    ("worker: {queues: [a], max_memory_per_child: lots}", "worker.max_memory_per_child",
+     'expected a size like "512MB" or "1GiB", got "lots"'),
+    ("worker: {queues: [a], concurrency: 0}", "worker.concurrency", "expected a positive integer, got 0"),
+    ("worker: {queues: [a], max_tasks_per_child: -1}", "worker.max_tasks_per_child",
+     "expected an integer >= 0, got -1"),
+    ("worker: {queues: [a], strict_priority: maybe}", "worker.strict_priority",
+     'expected true or false, got "maybe"'),
+    ("worker: {queues: [a]}\nbootstrap: {retries: 0}", "bootstrap.retries", "expected a positive integer, got 0"),
+    ("worker: {queues: [a]}\nlogging: {level: loud}", "logging.level",
+     'expected one of "debug", "info", "warning", "error", got "loud"'),
+    ("worker: {queues: [a]}\nlogging: {format: xml}", "logging.format",
+     'expected one of "auto", "human", "json", got "xml"'),
+    ("worker: {queues: [a]}\nops: {listen: 'localhost:70000'}", "ops.listen",
+     'expected "host:port" (port 0-65535) like "127.0.0.1:9465", or "off", got "localhost:70000"'),
+    ("worker: {queues: [a]}\nops: {listen: 9465}", "ops.listen",
+     'expected "host:port" (port 0-65535) like "127.0.0.1:9465", or "off", got 9465'),
+    ("worker: {queues: [a]}\nops: {listen: '0.0.0.0:9465', enable_controls: true}", "ops.enable_controls",
+     "needs ops.token"),
+    ("worker: {queues: [a]}\ndeployment: {mode: sometimes}", "deployment.mode",
+     'expected one of "long_running", "one_shot", got "sometimes"'),
+    ("worker: {queues: [a]}\ndeployment: {code_path: ../up}", "deployment.code_path", 'no ".."'),
+    ("worker: {queues: [a]}\ndeployment: {startup_cmd: 'python \"x'}", "deployment.startup_cmd",
+     "cannot split the command line"),
+    ("worker: {queues: [a]}\ndeployment: {git_url: 'ftp://x/y'}", "deployment.git_url", "the scheme must be"),
+    ("worker: {queues: [a]}\ngit: {ssh_key: nope}", "git.ssh_key", "no such file"),
+    ("worker: {queues: [a]}\nredis: {url: 'http://localhost:6379'}", "redis.url",
+     'the scheme must be redis, rediss or unix, got "http"'),
+    ("worker: {queues: [a]}\nredis: {db: 1}", "redis", "expected url"),
+    ("worker: {queues: [a]}\nredis: {url: 'redis://h/0', addr: 'h:6379'}", "redis.addr", "not both"),
+    ("worker: {queues: [a]}\nredis: {addr: 'h:6379', tls_ca_file: x}", "redis.tls_ca_file", "no such file"),
+])
+def test_each_problem_has_its_path_and_message(tmp_path, snippet, path, message):
+    found = problems(tmp_path, SERVER + snippet + "\n")
+    assert path in found, found
+    assert message in found[path]
+
+
+def test_server_fields_are_required_outside_local_mode(tmp_path):
+    found = problems(tmp_path, "server: {url: 'ftp://x'}\nworker: {queues: [a]}\n")
+    assert set(found) == {"server.url", "server.api_key"}
+    assert found["server.url"].startswith("expected an http(s) URL")
+    assert found["server.api_key"].startswith("required")
+
+
+def test_git_url_and_path_are_mutually_exclusive(tmp_path):
+    found = problems(tmp_path, """
+worker: {queues: [a]}
+redis: {url: "redis://localhost:6379/0"}
+deployment: {git_url: "https://github.com/a/b.git", path: ".", startup_cmd: "python w.py"}
+""")
+    assert found == {"deployment.path": "deployment.git_url and deployment.path are mutually exclusive: give one"}
+
+
+def test_local_mode_needs_a_startup_command(tmp_path):
+    found = problems(tmp_path, "worker: {queues: [a]}\nredis: {url: 'redis://h'}\ndeployment: {path: .}\n")
+    assert list(found) == ["deployment.startup_cmd"]
+
+
+def test_five_distinct_mistakes_give_exactly_five_problems(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, FIVE_MISTAKES)
+    assert [(p.path, p.line) for p in info.value.problems] == [
+        ("worker.queues[1]", 5), ("worker.concurency", 6), ("worker.shutdown_timeout", 7),
+        ("deployment.mode", 9), ("logging.level", 11),
+    ]
+    assert info.value.report().splitlines()[0].endswith("config.yml: 5 problems")
+
+
+FIVE_MISTAKES = f"""\
+server:
+  url: http://localhost:3000
+  api_key: {API_KEY}
+worker:
+  queues: [emails, "inference:high"]
+  concurency: 4
+  shutdown_timeout: ten
+deployment:
+  mode: sometimes
+logging:
+  level: loud
+"""
+
+
+def test_missing_file_and_yaml_syntax_errors_are_single_problems(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yml", {})
+    assert [p.message for p in info.value.problems] == ["file not found"]
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"server:\n  api_key: {API_KEY}\n  url: [unclosed\n")
+    (problem,) = info.value.problems
+    assert problem.message.startswith("YAML syntax error at line 4, column 1")
+    assert API_KEY not in str(info.value)
+
+
+def test_duplicate_keys_are_reported(tmp_path):
+    found = problems(tmp_path, SERVER + "worker:\n  queues: [a]\n  concurrency: 2\n  concurrency: 3\n")
+    assert found == {"worker.concurrency": "duplicate key (first on line 7)"}
+
+
+# --- local mode and Redis ---------------------------------------------------------------------
+
+def test_local_mode_with_a_path_deployment(tmp_path):
+    (tmp_path / "code").mkdir()
+    config = load(tmp_path, """
+worker: {queues: [a]}
+redis: {url: "redis://:pa55word@localhost:6380/2"}
+deployment: {path: code, startup_cmd: python worker.py}
+""")
+    assert config.local_mode and config.server.url is None
+    assert config.deployment.path == tmp_path / "code"
+    assert "pa55word" not in repr(config.redis) and "pa55word" not in str(config.redacted_dict())
+    client = redis.Redis.from_url(config.redis.connection_url(), **config.redis.connection_kwargs())
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("localhost", 6380, 2, "pa55word")
+
+
+def test_redis_addr_password_db_and_tls_build_a_client(tmp_path):
+    (tmp_path / "ca.pem").write_text("ca")
+    (tmp_path / "code").mkdir()
+    config = load(tmp_path, """
+worker: {queues: [a]}
+redis: {addr: "redis.internal:6390", password: "p@ss/w0rd", db: 3, use_tls: true, tls_ca_file: ca.pem}
+deployment: {path: code, startup_cmd: python worker.py}
+""")
+    r = config.redis
+    assert r.connection_url() == "rediss://redis.internal:6390/3"
+    client = redis.Redis.from_url(r.connection_url(), **r.connection_kwargs())
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["password"] == "p@ss/w0rd" and kwargs["ssl_ca_certs"] == str(tmp_path / "ca.pem")
+    assert redis.Redis.from_url(r.url_with_password()).connection_pool.connection_kwargs["password"] == "p@ss/w0rd"
+
+
+def test_redis_url_can_come_from_the_environment(tmp_path):
+    (tmp_path / "code").mkdir()
+    config = load(tmp_path, "worker: {queues: [a]}\ndeployment: {path: code, startup_cmd: python w.py}\n",
+                  {"RUNDOWN_REDIS_URL": "unix:///run/redis.sock?db=1"})
+    assert config.local_mode and config.redis.connection_url() == "unix:///run/redis.sock?db=1"
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+SECRET_FILE = """
+server: {url: "http://localhost:3000", api_key: "api-key-SECRET1"}
+worker: {queues: [a], concurrency: 0}
+git: {token: "git-token-SECRET2"}
+ops: {token: [ops-token-SECRET3]}
+redis: {url: "redis://:redis-pw-SECRET4@localhost/0", password: "redis-pw-SECRET5"}
+deployment: {git_url: "https://user:gh-SECRET6@github.com/a/b.git", startup_cmd: 'python "'}
+"""
+
+
+def test_secrets_never_appear_in_errors_or_repr(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, SECRET_FILE)
+    text = str(info.value) + repr(info.value.problems)
+    assert "ops.token: expected a string, got a list" in text
+    for n in range(1, 7):
+        assert f"SECRET{n}" not in text
+    # Every secret was registered, so logs mask them too.
+    assert logs.redact("api-key-SECRET1 gh-SECRET6 redis-pw-SECRET4") == "*** *** ***"
+
+
+def test_secrets_are_hidden_in_repr_and_redacted_dict(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queues: [a]}\ngit: {token: tok-abcdef}\n"
+                  "deployment: {env_vars: {OPENAI_API_KEY: sk-hidden}}\n")
+    assert API_KEY not in repr(config) and "tok-abcdef" not in repr(config)
+    assert str(config.server.api_key) == "***" and repr(config.server.api_key) == "'***'"
+    data = config.redacted_dict()
+    assert data["server"]["api_key"] == "***" and data["git"]["token"] == "***"
+    assert data["deployment"]["env_vars"] == {"OPENAI_API_KEY": "***"}
+    assert data["ops"]["token"] is None and data["worker"]["queues"][0]["name"] == "a"
+    assert API_KEY not in str(data)
+
+
+def test_a_short_secret_does_not_garble_messages(tmp_path):
+    found = problems(tmp_path, "server: {url: http://h, api_key: e}\nworker: {queues: [a], concurrency: x}\n")
+    assert found == {"worker.concurrency": 'expected a positive integer, got "x"'}
