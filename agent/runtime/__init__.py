@@ -1,0 +1,1 @@
+"""The agent's runtime: child-process supervision, the child protocol, task processing."""

@@ -1,0 +1,614 @@
+"""One supervised child process: spawn, ready handshake, many tasks in flight, exit handling.
+
+The child's pipes are read by an asyncio subprocess protocol, so every stdout chunk is split
+and dispatched the moment it arrives (no reader tasks on the hot path), and the exit of the
+process is seen even while something it spawned still holds a pipe open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from agent.runtime.launch import ChildSpec, rlimit_setter
+from agent.runtime.outcome import Outcome
+from agent.runtime.protocol import (
+    LineSplitter,
+    Output,
+    OversizedLine,
+    Ready,
+    Response,
+    StartupFailed,
+    StatusMessage,
+    encode_cancel,
+    encode_request,
+    outcome_from_response,
+    parse_line,
+    task_id_of_head,
+)
+from agent.runtime.task_request import TaskRequest
+
+log = logging.getLogger("agent.runtime.child")
+output_log = logging.getLogger("agent.child")
+"""The children's own output: every stderr line, and stdout lines that are not protocol."""
+
+STDERR_LINE_LIMIT = 64 * 1024
+_STDERR_LINES_IN_ERRORS = 10
+_EXIT_DRAIN_SECONDS = 2.0  # after exit, how long the last output may take to arrive
+
+
+class ChildStartupError(Exception):
+    """The child did not become ready; the message says why (the child's own error verbatim,
+    its exit code and last stderr lines, or the timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExit:
+    """How a child ended. ``expected``: the agent stopped it (``reason`` says why)."""
+
+    returncode: int
+    description: str
+    expected: bool
+    reason: str
+
+
+def describe_exit(returncode: int) -> str:
+    """``exited with code 3``, ``was killed by SIGKILL, likely out of memory``, ..."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    if number == signal.SIGKILL:
+        return "was killed by SIGKILL, likely out of memory"
+    if number == signal.SIGXCPU:
+        return "was killed by SIGXCPU: its CPU time limit was reached"
+    return f"was killed by {name}"
+
+
+class Child:
+    """A child process running task code, and the tasks in flight in it.
+
+    States: ``starting`` -> ``ready`` -> (``draining``) -> ``stopping`` -> ``exited``.
+    ``retired`` is set as soon as the child must not get new tasks (draining, stopping or
+    exited), which is the pool's cue to replace it.
+    """
+
+    def __init__(
+        self,
+        spec: ChildSpec,
+        *,
+        one_shot: bool = False,
+        on_exit: Callable[[Child, ChildExit], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.one_shot = one_shot
+        self.state = "starting"
+        self.pid: int | None = None
+        self.ready: Ready | None = None
+        self.max_in_flight = 1 if one_shot else spec.max_in_flight
+        self.tasks_started = 0
+        self.tasks_done = 0
+        self.exit: ChildExit | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=spec.stderr_lines)
+        self.retired = asyncio.Event()
+        self._on_exit = on_exit
+        self._exited = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending: dict[str, asyncio.Future[Outcome]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._cancelled: set[str] = set()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._stdout = LineSplitter(spec.line_limit)
+        self._stderr = LineSplitter(STDERR_LINE_LIMIT)
+        self._stdout_eof = asyncio.Event()
+        self._stderr_eof = asyncio.Event()
+        self._ready_waiter: asyncio.Future[Ready] | None = None
+        self._stop_reason: str | None = None
+        self._drain_reason = ""
+        self._failure_note: str | None = None
+        self._started_at = time.monotonic()
+        self._ps: psutil.Process | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the process and wait for its ready message (``spec.startup_timeout``).
+
+        Raises ``ChildStartupError``; the process is stopped before it is raised.
+        """
+        loop = asyncio.get_running_loop()
+        self._ready_waiter = loop.create_future()
+        spec = self.spec
+        try:
+            await loop.subprocess_exec(
+                lambda: _Pipes(self),
+                *spec.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=spec.cwd,
+                env=spec.process_env(),
+                start_new_session=True,  # own process group: stopping it stops its children
+                preexec_fn=rlimit_setter(spec) if self.one_shot else None,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._never_started()
+            raise ChildStartupError(
+                f"cannot start {spec.argv[0]!r} in {str(spec.cwd)!r}: {exc}"
+            ) from None
+        if self._stop_reason is not None:  # stop() was called while we were spawning
+            await self.stop()
+            raise ChildStartupError(f"child process {self.pid} was stopped while starting")
+        try:
+            self.ready = await asyncio.wait_for(self._ready_waiter, spec.startup_timeout)
+        except TimeoutError:
+            await self.stop(reason="startup timeout")
+            raise ChildStartupError(
+                f"child process {self.pid} did not report ready within "
+                f"{spec.startup_timeout:g}s (a slow @load? raise the startup timeout)"
+                f"{self.stderr_summary()}"
+            ) from None
+        except ChildStartupError:
+            await self.stop(reason="startup failed")
+            raise
+        if self.ready.protocol is None or self.ready.max_in_flight is None:
+            self.max_in_flight = 1  # a runqy-style child reads its requests one at a time
+        elif not self.one_shot:
+            self.max_in_flight = min(self.spec.max_in_flight, self.ready.max_in_flight)
+        if self.state == "starting":
+            self.state = "ready"
+        log.debug("queue %s: child process %s ready", spec.queue, self.pid)
+
+    def _never_started(self) -> None:
+        self.state = "exited"
+        self.exit = ChildExit(-1, "could not be started", False, "")
+        self.retired.set()
+        self._exited.set()
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def running(self, task_id: str) -> bool:
+        return task_id in self._pending
+
+    async def run(self, request: TaskRequest) -> Outcome:
+        """Send ``request`` and wait for its outcome.
+
+        Never raises for anything the child does: a crash, a hang past the deadline or an
+        unusable answer all become outcomes. Past ``deadline + spec.deadline_grace`` the task
+        gets a ``retry`` timeout outcome and the child is stopped.
+        """
+        task_id = request.task_id
+        if self.exit is not None or self.state in ("stopping", "starting"):
+            return Outcome("requeue", error=f"child process {self.pid} was not running")
+        if task_id in self._pending:
+            raise ValueError(f"task {task_id} is already running in child process {self.pid}")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._pending[task_id] = future
+        self._idle.clear()
+        self.tasks_started += 1
+        if request.deadline is not None:
+            delay = request.deadline + self.spec.deadline_grace - time.time()
+            self._timers[task_id] = loop.call_later(
+                max(delay, 0.0), self._deadline_passed, request, time.time()
+            )
+        assert self._stdin is not None
+        self._stdin.write(encode_request(request))
+        if self.one_shot:
+            self._stdin.close()  # flushes, then closes: the child sees end of input
+        limit = self.spec.max_tasks_per_child
+        if limit and not self.one_shot and self.tasks_started >= limit:
+            self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
+        try:
+            return await future
+        except asyncio.CancelledError:  # our caller gave up: the child should too
+            if self._pending.pop(task_id, None) is not None:
+                self._task_finished(task_id)
+                self._send_cancel(task_id)
+            raise
+
+    async def cancel(self, task_id: str) -> bool:
+        """Ask the child to cancel a running task; False if it cannot (not here, or a
+        runqy-style child, which has no cancel message)."""
+        if task_id not in self._pending:
+            return False
+        if self.one_shot:
+            self._cancelled.add(task_id)
+            self._in_background(self.stop(reason="its task was cancelled"))
+            return True
+        return self._send_cancel(task_id)
+
+    def _send_cancel(self, task_id: str) -> bool:
+        if self.ready is None or not self.ready.protocol or self._stdin is None:
+            return False
+        if self._stdin.is_closing():
+            return False
+        self._stdin.write(encode_cancel(task_id))
+        return True
+
+    def _deadline_passed(self, request: TaskRequest, sent_at: float) -> None:
+        future = self._pending.pop(request.task_id, None)
+        self._timers.pop(request.task_id, None)
+        if future is None:
+            return
+        self._task_finished(request.task_id)
+        seconds = request.timeout or max((request.deadline or sent_at) - sent_at, 0.0)
+        if not future.done():
+            future.set_result(
+                Outcome(
+                    "retry",
+                    error=f"timeout: task exceeded its deadline of {seconds:g}s "
+                    f"(child process {self.pid} stopped and replaced)",
+                )
+            )
+        log.warning(
+            "queue %s: task %s exceeded its deadline; stopping child process %s",
+            self.spec.queue,
+            request.task_id,
+            self.pid,
+        )
+        self._in_background(self.stop(reason=f"task {request.task_id} exceeded its deadline"))
+
+    def _task_finished(self, task_id: str) -> None:
+        self.tasks_done += 1
+        timer = self._timers.pop(task_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._cancelled.discard(task_id)
+        if not self._pending:
+            self._idle.set()
+        limit = self.spec.max_memory_bytes
+        if limit and self.state == "ready" and not self.one_shot:
+            rss = self.rss()
+            if rss is not None and rss > limit:
+                self.drain(f"recycled: RSS {rss} bytes is over max_memory_bytes {limit}")
+
+    # -- draining and stopping ------------------------------------------------------------
+
+    def drain(self, reason: str) -> None:
+        """Take no new tasks; the pool stops the child once its tasks are done."""
+        if self.state == "ready":
+            self.state = "draining"
+            self._drain_reason = reason
+            self.retired.set()
+            log.info("queue %s: child process %s %s", self.spec.queue, self.pid, reason)
+
+    async def retire(self) -> None:
+        """Wait for the tasks in flight, then stop (after ``drain``)."""
+        await self._idle.wait()
+        await self.stop(reason=self._drain_reason or "retired")
+
+    async def stop(self, grace: float | None = None, reason: str = "stopped by the agent") -> None:
+        """SIGTERM to the child's process group (and end of its stdin), SIGKILL after ``grace``
+        seconds (default ``spec.stop_grace``). Tasks still in flight when it exits get a
+        ``requeue`` outcome (cancelled ones ``retry``)."""
+        if self._stop_reason is None and self.exit is None:
+            self._stop_reason = reason
+            if self.state != "exited":
+                self.state = "stopping"
+            self.retired.set()
+            if self._transport is None:
+                return  # still spawning: start() stops it as soon as it exists
+            self._signal(signal.SIGTERM)
+            if self._stdin is not None:
+                self._stdin.close()
+        if self._transport is None:
+            return
+        grace = self.spec.stop_grace if grace is None else grace
+        try:
+            await asyncio.wait_for(self._exited.wait(), grace)
+        except TimeoutError:
+            log.warning(
+                "queue %s: child process %s did not exit %gs after SIGTERM; sending SIGKILL",
+                self.spec.queue,
+                self.pid,
+                grace,
+            )
+            self._signal(signal.SIGKILL)
+            try:
+                await asyncio.wait_for(self._exited.wait(), 5.0)
+            except TimeoutError:
+                log.error("queue %s: child process %s survived SIGKILL", self.spec.queue, self.pid)
+
+    async def wait_exited(self) -> ChildExit | None:
+        await self._exited.wait()
+        return self.exit
+
+    def _signal(self, sig: int) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                if self.exit is None:
+                    os.kill(self.pid, sig)
+        except PermissionError as exc:
+            log.warning(
+                "queue %s: cannot signal child process %s: %s", self.spec.queue, self.pid, exc
+            )
+
+    # -- what the pipes deliver -----------------------------------------------------------
+
+    def _connected(self, transport: asyncio.SubprocessTransport) -> None:
+        self._transport = transport
+        self.pid = transport.get_pid()
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        # Requests are bounded by max_in_flight, so writes need no back-pressure (no drain).
+        self._stdin = stdin
+
+    def _stdout_data(self, data: bytes) -> None:
+        for item in self._stdout.feed(data):
+            self._stdout_line(item)
+
+    def _stdout_line(self, item: bytes | OversizedLine) -> None:
+        if isinstance(item, OversizedLine):
+            self._oversized(item)
+            return
+        for message in parse_line(item):
+            if isinstance(message, Response):
+                self._answer(message)
+            elif isinstance(message, Output):
+                self._output(message)
+            elif isinstance(message, Ready):
+                if self._ready_waiter is not None and not self._ready_waiter.done():
+                    self._ready_waiter.set_result(message)
+            elif isinstance(message, StartupFailed):
+                if self._ready_waiter is not None and not self._ready_waiter.done():
+                    self._ready_waiter.set_exception(
+                        ChildStartupError(f"startup failed: {message.error}")
+                    )
+                else:
+                    log.warning(
+                        "queue %s: child process %s reported an error after start-up: %s",
+                        self.spec.queue,
+                        self.pid,
+                        message.error,
+                    )
+            elif isinstance(message, StatusMessage):
+                log.debug(
+                    "queue %s: child process %s status: %s",
+                    self.spec.queue,
+                    self.pid,
+                    message.message,
+                )
+
+    def _answer(self, response: Response) -> None:
+        future = self._pending.pop(response.task_id, None)
+        if future is None:
+            log.warning(
+                "queue %s: child process %s answered task %s, which it is not running "
+                "(answered after its deadline, or never sent); answer dropped",
+                self.spec.queue,
+                self.pid,
+                response.task_id,
+            )
+            return
+        self._task_finished(response.task_id)
+        if not future.done():
+            future.set_result(outcome_from_response(response))
+
+    def _oversized(self, line: OversizedLine) -> None:
+        task_id = task_id_of_head(line.head)
+        future = self._pending.pop(task_id, None) if task_id else None
+        log.error(
+            "queue %s: child process %s wrote a stdout line of %d bytes, over the limit of %d "
+            "bytes; the line was discarded%s",
+            self.spec.queue,
+            self.pid,
+            line.size,
+            self.spec.line_limit,
+            f" and task {task_id} failed" if future else "",
+        )
+        if future is not None and task_id is not None:
+            self._task_finished(task_id)
+            if not future.done():
+                future.set_result(
+                    Outcome(
+                        "archive",
+                        error=f"ResponseTooLarge: the child's answer was {line.size} bytes, over the "
+                        f"agent's line limit of {self.spec.line_limit} bytes; return a smaller "
+                        "result (store large data elsewhere and return a reference)",
+                    )
+                )
+
+    def _output(self, message: Output) -> None:
+        extra = {"queue": self.spec.queue, "pid": self.pid, "stream": "stdout"}
+        if message.note:
+            output_log.warning(
+                "[%s pid %s] stdout (ignored: %s): %s",
+                self.spec.queue,
+                self.pid,
+                message.note,
+                message.text,
+                extra=extra,
+            )
+        else:
+            output_log.info(
+                "[%s pid %s] stdout: %s", self.spec.queue, self.pid, message.text, extra=extra
+            )
+
+    def _stderr_data(self, data: bytes) -> None:
+        for item in self._stderr.feed(data):
+            self._stderr_line(item)
+
+    def _stderr_line(self, item: bytes | OversizedLine) -> None:
+        if isinstance(item, OversizedLine):
+            text = item.head.decode("utf-8", errors="replace") + (
+                f" ... [line of {item.size} bytes truncated]"
+            )
+        else:
+            text = item.decode("utf-8", errors="replace")
+        self.stderr_tail.append(text)
+        output_log.info(
+            "[%s pid %s] %s",
+            self.spec.queue,
+            self.pid,
+            text,
+            extra={"queue": self.spec.queue, "pid": self.pid, "stream": "stderr"},
+        )
+
+    def _pipe_closed(self, fd: int) -> None:
+        if fd == 1:
+            for item in self._stdout.finish():
+                self._stdout_line(item)
+            self._stdout_eof.set()
+            if self.exit is None and self._stop_reason is None:
+                self._in_background(self._stdout_closed_early())
+        elif fd == 2:
+            for item in self._stderr.finish():
+                self._stderr_line(item)
+            self._stderr_eof.set()
+
+    async def _stdout_closed_early(self) -> None:
+        """The protocol channel closed but the process lives on: it can never answer again."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), 1.0)
+            return
+        self._failure_note = "closed its stdout (the protocol channel) and was killed"
+        self._signal(signal.SIGKILL)
+
+    def _process_exited(self) -> None:
+        assert self._transport is not None
+        returncode = self._transport.get_returncode()
+        self._in_background(self._finalize(returncode if returncode is not None else -1))
+
+    async def _finalize(self, returncode: int) -> None:
+        self._signal(signal.SIGKILL)  # whatever the child left behind in its process group
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(self._stdout_eof.wait(), self._stderr_eof.wait()),
+                _EXIT_DRAIN_SECONDS,
+            )
+        if self._transport is not None:
+            self._transport.close()
+        expected = self._stop_reason is not None
+        description = self._failure_note or describe_exit(returncode)
+        self.exit = ChildExit(returncode, description, expected, self._stop_reason or "")
+        self.state = "exited"
+        self.retired.set()
+        if self._ready_waiter is not None and not self._ready_waiter.done():
+            self._ready_waiter.set_exception(
+                ChildStartupError(
+                    f"child process {self.pid} {description} during start-up, before reporting "
+                    f"ready{self.stderr_summary()}"
+                )
+            )
+        pending, self._pending = self._pending, {}
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task_id, future in pending.items():
+            if future.done():
+                continue
+            if task_id in self._cancelled:
+                outcome = Outcome("retry", error="cancelled: the task was cancelled while running")
+            elif expected:
+                outcome = Outcome(
+                    "requeue",
+                    error=f"child process {self.pid} was stopped ({self._stop_reason}) "
+                    "before the task finished",
+                )
+            else:
+                outcome = Outcome(
+                    "retry",
+                    error=f"child process {self.pid} {description} while running this task"
+                    f"{self.stderr_summary()}",
+                )
+            future.set_result(outcome)
+        self._idle.set()
+        self._exited.set()
+        if not expected and self.ready is not None and not self.one_shot:
+            log.warning(
+                "queue %s: child process %s %s (%d tasks in flight)%s",
+                self.spec.queue,
+                self.pid,
+                description,
+                len(pending),
+                self.stderr_summary(),
+            )
+        else:
+            log.debug("queue %s: child process %s %s", self.spec.queue, self.pid, description)
+        if self._on_exit is not None:
+            self._on_exit(self, self.exit)
+
+    # -- inspection -----------------------------------------------------------------------
+
+    def stderr_summary(self) -> str:
+        """The last stderr lines, ready to append to an error text ("" if there are none)."""
+        if not self.stderr_tail:
+            return ""
+        lines = list(self.stderr_tail)[-_STDERR_LINES_IN_ERRORS:]
+        return "; last stderr lines:\n" + "\n".join(line[:300] for line in lines)
+
+    def rss(self) -> int | None:
+        """Resident memory of the child process in bytes (None once it is gone)."""
+        if self.pid is None or self.exit is not None:
+            return None
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+            return int(self._ps.memory_info().rss)
+        except psutil.Error:
+            return None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "state": self.state,
+            "uptime": round(time.monotonic() - self._started_at, 3),
+            "tasks_done": self.tasks_done,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "rss": self.rss(),
+        }
+
+    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    """Routes the subprocess transport's callbacks to its ``Child``."""
+
+    def __init__(self, child: Child) -> None:
+        self._child = child
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._child._connected(transport)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            self._child._stdout_data(data)
+        elif fd == 2:
+            self._child._stderr_data(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._child._pipe_closed(fd)
+
+    def process_exited(self) -> None:
+        self._child._process_exited()

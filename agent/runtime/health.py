@@ -1,0 +1,107 @@
+"""Crash accounting for a pool of children: restart backoff and the healthy flag."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("agent.runtime.supervisor")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to restart crashed children and when to give up taking tasks.
+
+    The n-th crash in a row waits ``initial_delay * factor**(n-1)`` (capped at ``max_delay``),
+    randomised by +-``jitter`` (a fraction). A crash more than ``crash_window`` seconds after
+    the previous one starts the sequence again. ``max_crashes`` crashes (or failed restarts)
+    within ``crash_window`` make the pool unhealthy: it takes no tasks until a restart, tried
+    with the same backoff, succeeds.
+    """
+
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    crash_window: float = 60.0
+    max_crashes: int = 5
+
+    def __post_init__(self) -> None:
+        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
+            raise ValueError("restart delays must satisfy 0 <= initial_delay <= max_delay")
+        if self.factor < 1 or not 0 <= self.jitter < 1:
+            raise ValueError("restart factor must be >= 1 and jitter in [0, 1)")
+        if self.crash_window <= 0 or self.max_crashes < 1:
+            raise ValueError("crash_window must be > 0 and max_crashes >= 1")
+
+
+class CrashTracker:
+    """Counts crashes in the sliding window and says how long to wait before a restart."""
+
+    def __init__(
+        self,
+        policy: RestartPolicy,
+        queue: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self.queue = queue
+        self.healthy = True
+        self.last_error = ""
+        self._clock = clock
+        self._rand = rand
+        self._recent: deque[float] = deque()
+        self._streak = 0
+        self._last_crash: float | None = None
+
+    def record(self, error: str) -> None:
+        """A child crashed, or a (re)start failed."""
+        now = self._clock()
+        policy = self.policy
+        if self._last_crash is None or now - self._last_crash > policy.crash_window:
+            self._streak = 0
+        self._streak += 1
+        self._last_crash = now
+        self.last_error = error
+        self._recent.append(now)
+        while self._recent and now - self._recent[0] > policy.crash_window:
+            self._recent.popleft()
+        if self.healthy and len(self._recent) >= policy.max_crashes:
+            self.healthy = False
+            log.error(
+                "queue %s: %d child crashes within %gs; taking no tasks until a restart "
+                "succeeds. Last error: %s",
+                self.queue,
+                len(self._recent),
+                policy.crash_window,
+                error,
+            )
+
+    def recovered(self) -> None:
+        """A (re)start succeeded: an unhealthy pool becomes healthy with a fresh window."""
+        if self.healthy:
+            return
+        log.warning("queue %s: child restarted; taking tasks again", self.queue)
+        self.healthy = True
+        self._recent.clear()
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next restart attempt."""
+        policy = self.policy
+        steps = max(self._streak - 1, 0)
+        delay = min(policy.max_delay, policy.initial_delay * policy.factor**steps)
+        return max(0.0, delay * (1 + policy.jitter * (2 * self._rand() - 1)))
+
+    def describe(self) -> str:
+        """Why the pool is unhealthy, for ``PoolUnavailable``."""
+        return (
+            f"queue {self.queue!r}: child processes failed {len(self._recent)} times within "
+            f"{self.policy.crash_window:g}s; taking no tasks until a restart succeeds "
+            f"(last error: {self.last_error})"
+        )

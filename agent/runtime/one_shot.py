@@ -1,0 +1,104 @@
+"""``OneShotPool``: a fresh child process for every task (isolation, resource limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from agent.runtime.child import Child, ChildStartupError
+from agent.runtime.health import CrashTracker, RestartPolicy
+from agent.runtime.launch import ChildSpec
+from agent.runtime.outcome import Outcome
+from agent.runtime.pool import ChildPool, PoolUnavailable
+from agent.runtime.task_request import TaskRequest
+
+log = logging.getLogger("agent.runtime.supervisor")
+
+
+class OneShotPool(ChildPool):
+    """Starts a child per task: ready, one request, stdin closed, the answer, the exit.
+
+    The spec's rlimits apply to these children. A child that fails to start leaves its task
+    ``requeue``d (the task never ran); ``max_crashes`` such failures within ``crash_window``
+    make the pool unhealthy, and a background probe (a child started and stopped with the
+    restart backoff) makes it healthy again. A crash while running a task is that task's
+    failure only (``retry``). Concurrency is bounded by the caller.
+    """
+
+    def __init__(self, spec: ChildSpec, restart: RestartPolicy | None = None) -> None:
+        self.spec = spec
+        self.crashes = CrashTracker(restart or RestartPolicy(), spec.queue)
+        self._running: dict[str, Child] = {}
+        self._probe: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopping = False
+
+    @property
+    def healthy(self) -> bool:
+        return self._started and not self._stopping and self.crashes.healthy
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self, grace: float | None = None) -> None:
+        self._stopping = True
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+        await asyncio.gather(
+            *(c.stop(grace, reason="the agent is shutting down") for c in self._running.values())
+        )
+
+    async def run(self, request: TaskRequest) -> Outcome:
+        if not self._started or self._stopping:
+            state = "stopping" if self._stopping else "not started"
+            raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
+        if not self.crashes.healthy:
+            raise PoolUnavailable(self.crashes.describe())
+        child = Child(self.spec, one_shot=True)
+        self._running[request.task_id] = child
+        try:
+            try:
+                await child.start()
+            except ChildStartupError as exc:
+                self._start_failed(str(exc))
+                return Outcome("requeue", error=f"child process failed to start: {exc}")
+            outcome = await child.run(request)
+            with contextlib.suppress(TimeoutError):  # it exits by itself after answering
+                await asyncio.wait_for(child.wait_exited(), self.spec.stop_grace)
+            return outcome
+        finally:
+            self._running.pop(request.task_id, None)
+            if child.exit is None:
+                await asyncio.shield(child.stop(reason="its task is over"))
+
+    def _start_failed(self, error: str) -> None:
+        log.warning("queue %s: one_shot child failed to start: %s", self.spec.queue, error)
+        self.crashes.record(error)
+        if not self.crashes.healthy and self._probe is None and not self._stopping:
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_healthy())
+
+    async def _probe_until_healthy(self) -> None:
+        try:
+            while not self.crashes.healthy and not self._stopping:
+                await asyncio.sleep(self.crashes.next_delay())
+                probe = Child(self.spec, one_shot=True)
+                try:
+                    await probe.start()
+                except ChildStartupError as exc:
+                    self.crashes.record(f"probe start failed: {exc}")
+                    continue
+                await probe.stop(reason="health probe done")
+                self.crashes.recovered()
+        finally:
+            self._probe = None
+
+    async def cancel(self, task_id: str) -> None:
+        child = self._running.get(task_id)
+        if child is not None:
+            await child.cancel(task_id)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [c.status() for c in self._running.values()]

@@ -1,0 +1,63 @@
+"""``ChildPool``: the interface both process modes share, and the processor's ``Executor``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from agent.broker import DequeuedTask
+from agent.runtime.launch import ChildSpec
+from agent.runtime.outcome import Outcome
+from agent.runtime.task_request import TaskRequest
+
+
+class PoolUnavailable(Exception):  # noqa: N818 - reads as a state, like asyncio's InvalidState
+    """The pool takes no tasks now: it is unhealthy (repeated crashes), stopping, or not
+    started. The message says which, and the last error."""
+
+
+class ChildPool(ABC):
+    """The child processes of one queue (or deployment).
+
+    ``run()`` is the core call; ``execute()`` and ``cancel()`` make a pool usable as the
+    processor's ``Executor``.
+    """
+
+    spec: ChildSpec
+
+    @property
+    @abstractmethod
+    def healthy(self) -> bool:
+        """True when ``run()`` will take a task (started, not stopping, not crash-looping)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start the pool; raises ``ChildStartupError`` if its children cannot start."""
+
+    @abstractmethod
+    async def run(self, request: TaskRequest) -> Outcome:
+        """Run one task to its outcome. Raises ``PoolUnavailable`` when not ``healthy``;
+        everything a child does (crash, hang, garbage) becomes an outcome instead."""
+
+    @abstractmethod
+    async def cancel(self, task_id: str) -> None:
+        """Ask for a running task to be cancelled (best effort; see docs/protocol.md)."""
+
+    @abstractmethod
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop every child (SIGTERM, SIGKILL after ``grace``, default ``spec.stop_grace``).
+        Tasks still in flight get ``requeue`` outcomes. Drain first if they should finish."""
+
+    @abstractmethod
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per child: pid, state, uptime, tasks_done, in_flight, max_in_flight, rss."""
+
+    async def execute(self, task: DequeuedTask, deadline: float) -> Outcome:
+        """The processor's ``Executor.execute``: ``run()`` for a task taken from Redis.
+
+        A pool that cannot take the task answers ``requeue`` (no retry counted).
+        """
+        try:
+            return await self.run(TaskRequest.from_dequeued(task, deadline))
+        except PoolUnavailable as exc:
+            return Outcome("requeue", error=str(exc))

@@ -1,0 +1,68 @@
+"""The child-process supervisor's public face: build a pool for a queue and run tasks in it.
+
+Usage (the runtime)::
+
+    argv = resolve_argv(deployment.startup_cmd, venv_dir)
+    env = build_child_env(deployment.env, secrets, venv_dir)
+    spec = ChildSpec(argv=argv, cwd=code_dir, env=env, startup_timeout=60,
+                     max_in_flight=4, queue="emails")
+    pool = create_pool(spec, mode="long_running", processes=2)
+    await pool.start()                   # ChildStartupError if the code cannot start
+    outcome = await pool.run(request)    # or pool.execute(dequeued_task, deadline)
+    await pool.stop()
+
+Everything a child does becomes an ``Outcome`` (``success`` / ``retry`` / ``archive`` /
+``requeue``); only an unhealthy or stopping pool raises (``PoolUnavailable``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from agent.runtime.child import Child, ChildExit, ChildStartupError, describe_exit
+from agent.runtime.health import CrashTracker, RestartPolicy
+from agent.runtime.launch import ChildSpec, StartupCommandError, build_child_env, resolve_argv
+from agent.runtime.long_running import LongRunningPool
+from agent.runtime.one_shot import OneShotPool
+from agent.runtime.outcome import Outcome
+from agent.runtime.pool import ChildPool, PoolUnavailable
+from agent.runtime.task_request import TaskRequest
+
+__all__ = [
+    "Child",
+    "ChildExit",
+    "ChildPool",
+    "ChildSpec",
+    "ChildStartupError",
+    "CrashTracker",
+    "LongRunningPool",
+    "OneShotPool",
+    "Outcome",
+    "PoolUnavailable",
+    "RestartPolicy",
+    "StartupCommandError",
+    "TaskRequest",
+    "build_child_env",
+    "create_pool",
+    "describe_exit",
+    "resolve_argv",
+]
+
+Mode = Literal["long_running", "one_shot"]
+
+
+def create_pool(
+    spec: ChildSpec,
+    *,
+    mode: Mode = "long_running",
+    processes: int = 1,
+    restart: RestartPolicy | None = None,
+) -> ChildPool:
+    """The pool for one queue: ``processes`` warm children, or a fresh child per task."""
+    if mode == "long_running":
+        return LongRunningPool(spec, processes, restart)
+    if mode == "one_shot":
+        return OneShotPool(spec, restart)
+    raise ValueError(
+        f"queue {spec.queue!r}: mode must be 'long_running' or 'one_shot', got {mode!r}"
+    )

@@ -1,0 +1,75 @@
+"""The child's private protocol channel, isolated from everything user code can print.
+
+At start-up the SDK duplicates the original stdout (fd 1) and stdin (fd 0) to private file
+descriptors and keeps the protocol there. Then fd 1 and ``sys.stdout`` are pointed at stderr and
+fd 0 at ``/dev/null``, so ``print()``, a C extension writing to fd 1, or a library calling
+``input()`` can neither corrupt nor stall nor steal protocol lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+from typing import Any, BinaryIO
+
+
+class ProtocolChannel:
+    """Reads request lines from the agent and writes JSON lines back to it."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._reader: BinaryIO = os.fdopen(read_fd, "rb", buffering=65536)
+        self._write_fd = write_fd
+        self._write_lock = threading.Lock()
+        self.ready_sent = False
+
+    def read_line(self) -> bytes | None:
+        """The next request line (without its newline), or ``None`` at end of input."""
+        while True:
+            line = self._reader.readline()
+            if not line:
+                return None
+            line = line.strip()
+            if line:
+                return line
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Write one message as a single compact JSON line."""
+        self.send_line(json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n")
+
+    def send_line(self, data: bytes) -> None:
+        """Write one already encoded line (it must end with a newline)."""
+        view = memoryview(data)
+        with self._write_lock:
+            while view:
+                written = os.write(self._write_fd, view)
+                view = view[written:]
+
+
+_channel: ProtocolChannel | None = None
+
+
+def protocol_channel() -> ProtocolChannel:
+    """The process's protocol channel, isolating stdin/stdout on first use."""
+    global _channel
+    if _channel is None:
+        with contextlib.suppress(OSError, ValueError):  # a closed stdout: nothing to save
+            sys.stdout.flush()
+        write_fd = os.dup(1)
+        read_fd = os.dup(0)
+        os.dup2(2, 1)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.set_inheritable(write_fd, False)
+        os.set_inheritable(read_fd, False)
+        sys.stdout = sys.stderr
+        _channel = ProtocolChannel(read_fd, write_fd)
+    return _channel
+
+
+def under_agent() -> bool:
+    """True when this process was started by rundown-agent (``RUNDOWN_PROTOCOL`` is set)."""
+    return bool(os.environ.get("RUNDOWN_PROTOCOL"))

@@ -1,0 +1,45 @@
+"""The running task's metadata, readable from inside a handler via ``current_task()``."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What the agent told the child about the task being handled.
+
+    ``deadline`` is a Unix timestamp in seconds (``None`` if the task has none) and ``timeout``
+    the task's timeout in seconds (``None`` if it only has a deadline, or neither).
+    """
+
+    id: str
+    type: str
+    queue: str
+    retry_count: int
+    max_retry: int
+    deadline: float | None
+    timeout: float | None
+
+
+_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("task_sdk_current_task")
+
+
+def current_task() -> TaskContext:
+    """Return the metadata of the task the calling handler is running.
+
+    Works in async handlers, in sync handlers (which run in worker threads) and in anything
+    they call. Raises ``LookupError`` outside a handler.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise LookupError(
+            "current_task() was called outside a task handler; call it from a function "
+            "decorated with @task (or from code that handler calls)"
+        ) from None
+
+
+def _set_current(ctx: TaskContext) -> contextvars.Token[TaskContext]:
+    return _current.set(ctx)

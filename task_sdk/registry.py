@@ -1,0 +1,126 @@
+"""``@task`` and ``@load``: what the child serves and what it prepares before serving."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT = "*"
+"""Name under which the default handler (plain ``@task``) is registered and reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler and how to call it."""
+
+    name: str
+    func: Callable[..., Any]
+    is_async: bool
+    ctx_mode: str  # "none": handler(payload); "positional": handler(payload, ctx); "keyword": ctx=
+
+
+_handlers: dict[str, Handler] = {}
+_loader: Callable[[], Any] | None = None
+
+
+def _ctx_mode(func: Callable[..., Any]) -> str:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: call with the payload only
+        return "none"
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
+        return "positional"
+    if any(p.name == "ctx" and p.kind is p.KEYWORD_ONLY for p in params):
+        return "keyword"
+    return "none"
+
+
+def _register(name: str, func: F) -> F:
+    if not callable(func):
+        raise TypeError(f"@task must decorate a function, got {type(func).__name__}")
+    if not name:
+        raise ValueError("@task name must be a non-empty string (use plain @task for the default)")
+    _handlers[name] = Handler(
+        name=name,
+        func=func,
+        is_async=inspect.iscoroutinefunction(func),
+        ctx_mode=_ctx_mode(func),
+    )
+    return func
+
+
+@overload
+def task(func: F, /) -> F: ...
+@overload
+def task(type_name: str, /) -> Callable[[F], F]: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(arg: Any = None, /, *, name: str | None = None) -> Any:
+    """Register a task handler.
+
+    * ``@task`` registers the default handler: it runs every task type that has no handler of
+      its own (and every task of a runqy-style deployment, where the type is the queue name).
+    * ``@task("email:send")`` or ``@task(name="email:send")`` registers the handler for one
+      asynq task type, so one child process can serve several types.
+
+    A handler is ``def handler(payload)`` or ``def handler(payload, ctx)`` (``ctx`` is what the
+    ``@load`` function returned), and may be ``async def``. ``payload`` is the task payload
+    decoded from JSON, or ``bytes`` when the payload is not JSON.
+    Registering the same name twice keeps the later handler.
+    """
+    if callable(arg) and name is None:
+        return _register(DEFAULT, arg)
+    if arg is not None and name is not None:
+        raise TypeError("@task takes the task type either positionally or as name=, not both")
+    chosen = arg if arg is not None else name
+    if chosen is not None and not isinstance(chosen, str):
+        raise TypeError(f"@task name must be a string, got {type(chosen).__name__}")
+
+    def decorate(func: F) -> F:
+        return _register(chosen if chosen is not None else DEFAULT, func)
+
+    return decorate
+
+
+def load(func: F) -> F:
+    """Register the start-up function: it runs once, before the child reports ready.
+
+    Use it for slow preparation (loading a model, opening a connection pool). Its return value
+    is passed as ``ctx`` to every handler that accepts a second argument (or a keyword-only
+    ``ctx``). It may be ``async def``. If it raises, the child reports the error to the agent and
+    exits. Registering a second loader replaces the first.
+    """
+    global _loader
+    if not callable(func):
+        raise TypeError(f"@load must decorate a function, got {type(func).__name__}")
+    _loader = func
+    return func
+
+
+def handlers() -> dict[str, Handler]:
+    """The registered handlers by task type (``"*"`` is the default handler)."""
+    return dict(_handlers)
+
+
+def loader() -> Callable[[], Any] | None:
+    """The registered ``@load`` function, if any."""
+    return _loader
+
+
+def find_handler(task_type: str) -> Handler | None:
+    """The handler for ``task_type``: its own, else the default, else ``None``."""
+    return _handlers.get(task_type) or _handlers.get(DEFAULT)
+
+
+def clear() -> None:
+    """Forget every handler and the loader (for tests)."""
+    global _loader
+    _handlers.clear()
+    _loader = None

@@ -1,0 +1,419 @@
+"""``run()`` and ``run_once()``: the child's side of the JSON-lines protocol (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import registry
+from .channel import ProtocolChannel, protocol_channel
+from .context import TaskContext, _set_current
+from .errors import RetryAfter, SkipRetry
+
+PROTOCOL_VERSION = 1
+
+_EOF = object()  # the agent closed our stdin
+_STOP = object()  # SIGTERM: finish what is in flight, take nothing new
+_WAKE = object()  # a task finished while stopping
+
+
+class StartupError(Exception):
+    """Raised (and reported to the agent) when the child cannot start serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Limits the agent passes through the environment."""
+
+    max_in_flight: int
+    sync_threads: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            max_in_flight=_positive_int_env("RUNDOWN_MAX_IN_FLIGHT", 1),
+            sync_threads=_positive_int_env("RUNDOWN_SYNC_THREADS", 1),
+        )
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StartupError(f"environment variable {name} must be a whole number >= 1, got {raw!r}")
+    return value
+
+
+def run() -> None:
+    """Serve tasks until the agent closes stdin or sends SIGTERM, then exit.
+
+    Runs ``@load`` once, reports ready, then handles requests as they come: async handlers
+    concurrently up to ``RUNDOWN_MAX_IN_FLIGHT``, sync handlers in a pool of
+    ``RUNDOWN_SYNC_THREADS`` threads. On SIGTERM it stops taking tasks, lets the running ones
+    finish and answer, and returns.
+    """
+    _serve(once=False)
+
+
+def run_once() -> None:
+    """Serve exactly one task (the agent's ``one_shot`` mode), then return.
+
+    Runs ``@load``, reports ready, reads a single request, answers it and returns. Returns
+    without output if the agent closes stdin before sending a request.
+    """
+    _serve(once=True)
+
+
+def _serve(*, once: bool) -> None:
+    channel = protocol_channel()
+    server = _Server(channel, once=once)
+    try:
+        asyncio.run(server.serve())
+    except StartupError as exc:
+        _report_startup_error(channel, str(exc))
+        raise SystemExit(1) from None
+
+
+def _report_startup_error(channel: ProtocolChannel, message: str) -> None:
+    print(f"task_sdk: startup failed: {message}", file=sys.stderr, flush=True)
+    if not channel.ready_sent:
+        with contextlib.suppress(OSError):
+            channel.send({"status": "error", "error": message})
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``ExcType: message`` (the last line of a traceback), or just the type's name."""
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def _deadline_text(ctx: TaskContext, started_at: float) -> str:
+    seconds = ctx.timeout if ctx.timeout else (ctx.deadline or started_at) - started_at
+    return f"timeout: task exceeded its deadline of {max(seconds, 0.0):g}s"
+
+
+class _Server:
+    def __init__(self, channel: ProtocolChannel, *, once: bool) -> None:
+        self.channel = channel
+        self.once = once
+        self.ctx: Any = None
+        self.settings: Settings | None = None
+        self.inbox: asyncio.Queue[object] = asyncio.Queue()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancel_requested: set[str] = set()
+        self.accepting = True
+        self.executor: ThreadPoolExecutor | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        await self._start()
+        loop = asyncio.get_running_loop()
+        # Not possible off the main thread or without signals; then SIGTERM simply ends us.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.inbox.put_nowait, _STOP)
+        threading.Thread(
+            target=self._read_requests, args=(loop,), name="task_sdk-stdin", daemon=True
+        ).start()
+        try:
+            await self._dispatch()
+        finally:
+            if self.executor is not None:
+                self.executor.shutdown(wait=False)
+
+    async def _start(self) -> None:
+        self.settings = Settings.from_env()
+        handlers = registry.handlers()
+        if not handlers:
+            raise StartupError(
+                "no task handler registered: decorate a function with @task before calling run()"
+            )
+        loader = registry.loader()
+        if loader is not None:
+            try:
+                value = loader()
+                if inspect.isawaitable(value):
+                    value = await value
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                raise StartupError(_exception_line(exc)) from exc
+            self.ctx = value
+        self.semaphore = asyncio.Semaphore(self.settings.max_in_flight)
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.settings.sync_threads, thread_name_prefix="task_sdk-handler"
+        )
+        self.channel.send(
+            {
+                "status": "ready",
+                "protocol": PROTOCOL_VERSION,
+                "task_types": sorted(handlers),
+                "max_in_flight": self.settings.max_in_flight,
+                "sync_threads": self.settings.sync_threads,
+                "pid": os.getpid(),
+            }
+        )
+        self.channel.ready_sent = True
+
+    def _read_requests(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread: hand each request line to the event loop."""
+        try:
+            while True:
+                line = self.channel.read_line()
+                if line is None:
+                    break
+                loop.call_soon_threadsafe(self.inbox.put_nowait, line)
+                if self.once:
+                    break
+        except (OSError, ValueError) as exc:
+            print(f"task_sdk: reading requests failed: {exc}", file=sys.stderr, flush=True)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self.inbox.put_nowait, _EOF)
+
+    # -- the request loop -----------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while self.accepting or self.tasks:
+            item = await self.inbox.get()
+            if item is _EOF or item is _STOP:
+                self.accepting = False
+            elif isinstance(item, bytes):
+                self._on_line(item)
+            if self.once and self.tasks:
+                self.accepting = False
+
+    def _on_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            print(
+                f"task_sdk: ignoring a request line that is not JSON: {line[:200]!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if not isinstance(message, dict):
+            print(
+                f"task_sdk: ignoring a request that is not a JSON object: {line[:200]!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if "cancel" in message:
+            self._cancel(message["cancel"])
+            return
+        task_id = message.get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            print(
+                f"task_sdk: ignoring a request without a task_id: {line[:200]!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        if not self.accepting:
+            return  # stopping: the agent requeues whatever we did not answer
+        if task_id in self.tasks:
+            print(
+                f"task_sdk: task {task_id} is already running; duplicate request ignored",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self.tasks[task_id] = asyncio.create_task(self._run_task(task_id, message))
+
+    def _cancel(self, task_id: object) -> None:
+        running = self.tasks.get(task_id) if isinstance(task_id, str) else None
+        if running is None:
+            return
+        assert isinstance(task_id, str)
+        self.cancel_requested.add(task_id)
+        running.cancel()
+
+    async def _run_task(self, task_id: str, message: dict[str, Any]) -> None:
+        try:
+            line = await self._execute(task_id, message)
+        except asyncio.CancelledError:
+            line = _failure_line(
+                task_id,
+                "cancelled: the agent cancelled this task",
+                retry=True,
+                error_type="Cancelled",
+            )
+        except BaseException as exc:  # SystemExit in a handler, or an SDK bug: still answer
+            line = _failure_line(
+                task_id, _exception_line(exc), retry=True, error_type=type(exc).__name__
+            )
+            if not isinstance(exc, Exception):
+                self.channel.send_line(line)
+                raise
+        finally:
+            self.tasks.pop(task_id, None)
+            self.cancel_requested.discard(task_id)
+            if not self.accepting and not self.tasks:
+                self.inbox.put_nowait(_WAKE)
+        self.channel.send_line(line)
+
+    async def _execute(self, task_id: str, message: dict[str, Any]) -> bytes:
+        ctx = TaskContext(
+            id=task_id,
+            type=str(message.get("type") or ""),
+            queue=str(message.get("queue") or ""),
+            retry_count=_as_int(message.get("retry_count")),
+            max_retry=_as_int(message.get("max_retry")),
+            deadline=_as_float(message.get("deadline")),
+            timeout=_as_float(message.get("timeout")),
+        )
+        handler = registry.find_handler(ctx.type)
+        if handler is None:
+            served = ", ".join(sorted(registry.handlers())) or "nothing"
+            return _failure_line(
+                task_id,
+                f"HandlerNotFound: no handler for task type {ctx.type!r}; this child serves: "
+                f"{served}",
+                retry=True,
+                error_type="HandlerNotFound",
+            )
+        try:
+            payload = _decode_payload(message)
+        except ValueError as exc:
+            return _failure_line(task_id, str(exc), retry=False, error_type="BadPayload")
+
+        assert self.semaphore is not None
+        async with self.semaphore:
+            started_at = time.time()
+            _set_current(ctx)
+            try:
+                result = await self._call(handler, payload, ctx)
+            except TimeoutError as exc:
+                if getattr(exc, "_task_sdk_deadline", False):
+                    return _failure_line(
+                        task_id, _deadline_text(ctx, started_at), retry=True, error_type="Timeout"
+                    )
+                return self._exception_response(task_id, exc)
+            except SkipRetry as exc:
+                return _failure_line(
+                    task_id, str(exc) or "SkipRetry", retry=False, error_type="SkipRetry"
+                )
+            except RetryAfter as exc:
+                return _failure_line(
+                    task_id, exc.message, retry=True, error_type="RetryAfter", retry_in=exc.seconds
+                )
+            except Exception as exc:
+                return self._exception_response(task_id, exc)
+        return _success_line(task_id, result)
+
+    def _exception_response(self, task_id: str, exc: Exception) -> bytes:
+        print(f"task_sdk: task {task_id} failed:", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.flush()
+        return _failure_line(
+            task_id, _exception_line(exc), retry=True, error_type=type(exc).__name__
+        )
+
+    async def _call(self, handler: registry.Handler, payload: Any, ctx: TaskContext) -> Any:
+        if handler.ctx_mode == "positional":
+            call = functools.partial(handler.func, payload, self.ctx)
+        elif handler.ctx_mode == "keyword":
+            call = functools.partial(handler.func, payload, ctx=self.ctx)
+        else:
+            call = functools.partial(handler.func, payload)
+        if handler.is_async:
+            return await _with_deadline(call(), ctx.deadline)
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        result = await loop.run_in_executor(self.executor, context.run, call)
+        if inspect.isawaitable(result):  # a sync function that returned a coroutine
+            result = await _with_deadline(result, ctx.deadline)
+        return result
+
+
+async def _with_deadline(awaitable: Any, deadline: float | None) -> Any:
+    """Await ``awaitable``, cancelling it when the task's deadline passes."""
+    if deadline is None:
+        return await awaitable
+    timeout = asyncio.timeout(max(deadline - time.time(), 0.0))
+    try:
+        async with timeout:
+            return await awaitable
+    except TimeoutError as exc:
+        if timeout.expired():
+            exc._task_sdk_deadline = True  # type: ignore[attr-defined]
+        raise
+
+
+def _decode_payload(message: dict[str, Any]) -> Any:
+    if "payload_b64" in message:
+        encoded = message["payload_b64"]
+        if not isinstance(encoded, str):
+            raise ValueError("BadPayload: payload_b64 must be a base64 string")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"BadPayload: payload_b64 is not valid base64 ({exc})") from None
+    return message.get("payload")
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
+
+
+def _success_line(task_id: str, result: Any) -> bytes:
+    try:
+        encoded = json.dumps(result, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        data = encoded.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError, RecursionError) as exc:
+        return _failure_line(
+            task_id,
+            f"ResultNotSerializable: the handler returned a {type(result).__name__} that cannot "
+            f"be encoded as JSON ({exc}); return dicts, lists, strings, numbers, booleans or None",
+            retry=False,
+            error_type="ResultNotSerializable",
+        )
+    return (
+        b'{"task_id":'
+        + json.dumps(task_id).encode()
+        + b',"result":'
+        + data
+        + b',"error":null,"retry":false}\n'
+    )
+
+
+def _failure_line(
+    task_id: str, error: str, *, retry: bool, error_type: str, retry_in: float | None = None
+) -> bytes:
+    message: dict[str, Any] = {
+        "task_id": task_id,
+        "result": None,
+        "error": error or error_type,
+        "retry": retry,
+        "error_type": error_type,
+    }
+    if retry_in is not None:
+        message["retry_in"] = retry_in
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
