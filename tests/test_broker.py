@@ -110,6 +110,8 @@ async def test_scheduled_unique_lock_covers_the_wait(broker, r):
 def test_options_reject_bad_values():
     from agent.broker.options import build_message
 
+    for zero in (dict(timeout=0), dict(deadline=0), dict(timeout=0.5)):
+        assert build_message("t", b"", EnqueueOptions(**zero)).timeout == 1800  # as asynq.Client
     for bad in (dict(queue=" "), dict(task_id=""), dict(unique_ttl=0.5), dict(timeout=-1),
                 dict(process_at=1, process_in=1), dict(group=" ")):
         with pytest.raises(ValueError):
@@ -117,5 +119,6 @@ def test_options_reject_bad_values():
     with pytest.raises(ValueError):
         build_message(" ", b"", EnqueueOptions())
     assert build_message("t", b"", EnqueueOptions(max_retry=-3)).retry == 0
+    assert EnqueueOptions(process_in=-10).process_time(100.0) == 100.0  # a past time means now
     only_deadline = build_message("t", b"", EnqueueOptions(deadline=2_000_000_000))
     assert (only_deadline.timeout, only_deadline.deadline) == (0, 2_000_000_000)

@@ -57,7 +57,7 @@ class EnqueueOptions:
         unique = _seconds(self.unique_ttl)
         if unique is not None and unique < 1:
             raise ValueError("unique_ttl must be at least 1 second")
-        for name in ("timeout", "process_in", "retention"):
+        for name in ("timeout", "retention"):
             value = _seconds(getattr(self, name))
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -84,9 +84,11 @@ def build_message(task_type: str, payload: bytes | None, opts: EnqueueOptions) -
     if not task_type or not task_type.strip():
         raise ValueError("task type must contain a non-whitespace character")
     opts.validate()
-    timeout = _seconds(opts.timeout)
-    deadline = _unix(opts.deadline)
-    if timeout is None and deadline is None:
+    # As in asynq.Client, a zero timeout or deadline means "not set", and with neither set
+    # the task gets the 30 min default (a Go server logs an internal error otherwise).
+    timeout = int(_seconds(opts.timeout) or 0)
+    deadline = int(_unix(opts.deadline) or 0)
+    if timeout <= 0 and deadline <= 0:
         timeout = DEFAULT_TIMEOUT
     msg = TaskMessage(
         type=task_type,
@@ -94,8 +96,8 @@ def build_message(task_type: str, payload: bytes | None, opts: EnqueueOptions) -
         id=opts.task_id or str(uuid.uuid4()),
         queue=opts.queue,
         retry=max(0, int(opts.max_retry)),
-        timeout=int(timeout or 0),
-        deadline=int(deadline or 0),
+        timeout=timeout,
+        deadline=deadline,
         retention=int(_seconds(opts.retention) or 0),
         group_key=opts.group or "",
     )

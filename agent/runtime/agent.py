@@ -218,3 +218,55 @@ class Agent:
         await self.shutdown()
         log.info("stopped")
         return 0
+
+    # -- observability ------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict]:
+        """Alive: the event loop ticks and the processor has not died."""
+        problems = []
+        if not self._loop_alive():
+            problems.append("event loop unresponsive")
+        task = self._processor_task
+        if task is not None and task.done() and self.lifecycle.state == State.READY:
+            problems.append("processor stopped unexpectedly")
+        return not problems, {"state": str(self.lifecycle.state), "problems": problems}
+
+    async def readiness(self) -> tuple[bool, list[str]]:
+        """Ready: state ready, Redis answers, a dequeue succeeded recently, executors healthy."""
+        reasons = []
+        if self.lifecycle.state != State.READY:
+            reasons.append(f"state is {self.lifecycle.state}")
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            reasons.append(f"redis unreachable: {type(exc).__name__}")
+        if self.lifecycle.state == State.READY and time.monotonic() - self.processor.last_dequeue_ok > 10:
+            reasons.append("no successful dequeue in the last 10s")
+        for name, executor in self.executors.items():
+            if not executor.healthy:
+                reasons.append(f"queue {name}: task processes unhealthy")
+        return not reasons, reasons
+
+    def status(self) -> dict:
+        now = time.time()
+        proc = self.processor
+        return {
+            "state": str(self.lifecycle.state),
+            "state_since": self.lifecycle.since,
+            "server": {"host": self.identity.host, "pid": self.identity.pid,
+                       "server_id": self.identity.server_id, "started": self.identity.started},
+            "concurrency": self.settings.concurrency,
+            "strict_priority": self.settings.strict_priority,
+            "queues": {q: {"weight": w, "limit": self.settings.limits.get(q),
+                           "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused}
+                       for q, w in self.settings.weights.items()},
+            "executors": {name: {"healthy": ex.healthy, "children": ex.status()}
+                          for name, ex in self.executors.items()},
+            "in_flight": [{"id": e.task.id, "queue": e.task.queue,
+                           "type": e.task.message.type if e.task.message else "",
+                           "age_seconds": round(now - e.task.started_at, 3)}
+                          for e in list(proc.in_flight.values())],
+            "leases": {"extensions": self.leases.extensions, "losses": self.leases.losses,
+                       "errors": self.leases.errors},
+            "requeued_at_shutdown": self.requeued_at_shutdown,
+        }

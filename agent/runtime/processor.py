@@ -34,6 +34,8 @@ class Observer:
 
     def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None: ...
 
+    def task_dropped(self, task: DequeuedTask) -> None: ...
+
     def lease_lost(self, task: DequeuedTask) -> None: ...
 
     def redis_error(self, where: str, exc: BaseException) -> None: ...
@@ -169,6 +171,7 @@ class Processor:
             if entry.interrupted == "cancelled":
                 outcome = Outcome("retry", error=CANCELED_ERROR)
             if entry.interrupted in ("abandoned", "requeued"):
+                self.observer.task_dropped(task)
                 return
             state = await self._record(task, outcome)
             self.observer.task_finished(task, outcome, state, time.monotonic() - started)

@@ -1,0 +1,1 @@
+"""The operations plane: health, readiness, Prometheus metrics, status and controls."""

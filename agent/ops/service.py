@@ -1,0 +1,64 @@
+"""OpsPlane: the agent's HTTP endpoints, metrics and queue sampler, started together."""
+
+from __future__ import annotations
+
+import psutil
+
+from agent.config.model import OpsConfig
+from agent.ops.http import OpsServer, build_app
+from agent.ops.metrics import Metrics, SampledCollector
+from agent.ops.sampler import QueueSampler
+from agent.runtime.agent import Agent
+from agent.runtime.lifecycle import State
+
+
+class OpsPlane:
+    def __init__(self, agent: Agent, config: OpsConfig, metrics: Metrics) -> None:
+        self.agent = agent
+        self.metrics = metrics
+        self.sampler = QueueSampler(agent.broker, lambda: list(agent.settings.weights))
+        self.metrics.registry.register(SampledCollector(self.sample))
+        self._process = psutil.Process()
+        controls = None
+        if config.enable_controls:
+            controls = {"drain": self._drain, "resume": self._resume}
+        app = build_app(health=agent.health, ready=agent.readiness, status=self.status,
+                        registry=self.metrics.registry,
+                        token=config.token.reveal() if config.token else None, controls=controls)
+        self.server = OpsServer(app, config.listen or "127.0.0.1:0")
+
+    def _drain(self) -> str:
+        self.agent.pause()
+        return str(self.agent.lifecycle.state)
+
+    def _resume(self) -> str:
+        self.agent.resume()
+        return str(self.agent.lifecycle.state)
+
+    def status(self) -> dict:
+        data = self.agent.status()
+        for queue, sample in self.sampler.samples.items():
+            if queue in data["queues"]:
+                data["queues"][queue].update(sample)
+        return data
+
+    def sample(self) -> dict:
+        agent = self.agent
+        executors = {}
+        for name, ex in agent.executors.items():
+            executors[name] = {"children": ex.status(), "restarts": getattr(ex, "restarts", 0)}
+        return {
+            "queues": self.sampler.samples,
+            "executors": executors,
+            "leases": {"extensions": agent.leases.extensions},
+            "rss": self._process.memory_info().rss,
+            "ready": agent.lifecycle.state == State.READY,
+        }
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.sampler.start()
+
+    async def stop(self) -> None:
+        await self.sampler.stop()
+        await self.server.stop()

@@ -1,0 +1,120 @@
+"""The composition root: config -> (register, deploy) -> children -> Agent + ops plane.
+
+``run(config)`` is what ``rundown-agent -config FILE`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
+from agent.config import Config
+from agent.runtime.agent import Agent, AgentSettings, parent_queue
+from agent.runtime.supervisor import ChildSpec, build_child_env, create_pool, resolve_argv
+
+log = logging.getLogger("agent.runtime")
+
+
+@dataclass
+class Plan:
+    """Everything the agent needs, resolved from the config (and the control server)."""
+
+    redis: RedisConnection
+    weights: dict[str, int]
+    limits: dict[str, int]
+    specs: dict[str, DeploymentSpec]  # by parent queue
+
+
+def local_plan(config: Config) -> Plan:
+    """Local mode: Redis and the deployment come from the config file."""
+    rc = config.redis
+    assert rc is not None
+    kwargs = rc.connection_kwargs()
+    redis = RedisConnection(
+        url=rc.connection_url(), password=rc.password,
+        tls_files={k: v for k, v in kwargs.items() if k.startswith("ssl_")})
+    queues = config.worker.queues or ()
+    weights = {q.name: q.weight for q in queues} or {"default": 1}
+    limits = {q.name: q.concurrency for q in queues if q.concurrency}
+    specs = {parent: DeploymentSpec.from_config(config.deployment, parent)
+             for parent in {parent_queue(q) for q in weights}}
+    return Plan(redis, weights, limits, specs)
+
+
+async def server_plan(config: Config) -> Plan:
+    """Server mode: register every parent queue with the control server."""
+    from agent.bootstrap.register import register
+
+    registration = await register(config)
+    for warning in registration.warnings:
+        log.warning("%s", warning)
+    limits = {q.name: q.concurrency for q in config.worker.queues if q.concurrency}
+    return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments))
+
+
+async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[str, Deployment]:
+    from agent.bootstrap.deploy import deploy
+
+    out = {}
+    for parent, spec in specs.items():
+        out[parent] = await asyncio.to_thread(deploy, spec, config.deployment.dir, config.git)
+        d = out[parent]
+        log.info("queue %s: code at %s (commit %s), %s", parent, d.code_dir, d.commit[:12] or "-",
+                 "dependencies installed" if d.installed else "dependencies up to date")
+    return out
+
+
+def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment]) -> dict:
+    pools = {}
+    for parent, spec in plan.specs.items():
+        dep = deployments[parent]
+        env = build_child_env(spec.env_vars, spec.secrets, dep.venv_dir)
+        child = ChildSpec(
+            argv=resolve_argv(spec.startup_cmd, dep.venv_dir), cwd=dep.code_dir, env=env,
+            startup_timeout=spec.startup_timeout,
+            max_in_flight=config.deployment.max_in_flight_per_child or config.worker.concurrency,
+            max_tasks_per_child=config.worker.max_tasks_per_child,
+            max_memory_bytes=config.worker.max_memory_per_child, queue=parent)
+        pools[parent] = create_pool(child, mode=spec.mode, processes=spec.processes)
+    return pools
+
+
+async def serve(config: Config) -> int:
+    plan = local_plan(config) if config.local_mode else await server_plan(config)
+    deployments = await deploy_all(config, plan.specs)
+    pools = build_pools(config, plan, deployments)
+    settings = AgentSettings(
+        redis_url=plan.redis.url, redis_kwargs=plan.redis.kwargs, weights=plan.weights,
+        limits=plan.limits, concurrency=config.worker.concurrency,
+        strict_priority=config.worker.strict_priority,
+        shutdown_timeout=config.worker.shutdown_timeout)
+    from agent.ops.metrics import Metrics
+    from agent.ops.service import OpsPlane
+
+    metrics = Metrics()
+    agent = Agent(settings, pools, observer=metrics)
+    ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
+    if ops is not None:
+        await ops.start()
+    try:
+        return await agent.run()
+    finally:
+        if ops is not None:
+            await ops.stop()
+
+
+def run(config: Config) -> int:
+    """Run the agent until it is stopped; returns the process exit code."""
+    from agent.bootstrap.errors import BootstrapError
+    from agent.runtime.supervisor import ChildStartupError, StartupCommandError
+
+    try:
+        return asyncio.run(serve(config))
+    except BootstrapError as exc:
+        log.error("bootstrap failed: %s", exc)
+        return 1
+    except (ChildStartupError, StartupCommandError) as exc:
+        log.error("task code could not start: %s", exc)
+        return 1
