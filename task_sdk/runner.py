@@ -120,6 +120,7 @@ class _Server:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
+        self.in_threads: set[str] = set()  # tasks whose sync handler is running in a thread
         self.accepting = True
         self.executor: ThreadPoolExecutor | None = None
         self.semaphore: asyncio.Semaphore | None = None
@@ -158,7 +159,12 @@ class _Server:
                 traceback.print_exc(file=sys.stderr)
                 raise StartupError(_exception_line(exc)) from exc
             self.ctx = value
-        self.semaphore = asyncio.Semaphore(self.settings.max_in_flight)
+        # With only sync handlers, more tasks in flight than threads would just queue here
+        # while their deadlines run: announce (and apply) the smaller limit.
+        limit = self.settings.max_in_flight
+        if not any(h.is_async for h in handlers.values()):
+            limit = min(limit, self.settings.sync_threads)
+        self.semaphore = asyncio.Semaphore(limit)
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.sync_threads, thread_name_prefix="task_sdk-handler"
         )
@@ -167,7 +173,7 @@ class _Server:
                 "status": "ready",
                 "protocol": PROTOCOL_VERSION,
                 "task_types": sorted(handlers),
-                "max_in_flight": self.settings.max_in_flight,
+                "max_in_flight": limit,
                 "sync_threads": self.settings.sync_threads,
                 "pid": os.getpid(),
             }
@@ -246,6 +252,14 @@ class _Server:
         if running is None:
             return
         assert isinstance(task_id, str)
+        if task_id in self.in_threads:
+            print(
+                f"task_sdk: cannot cancel task {task_id}: its sync handler runs in a thread and "
+                "cannot be interrupted; it runs to completion",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         self.cancel_requested.add(task_id)
         running.cancel()
 
@@ -341,7 +355,11 @@ class _Server:
             return await _with_deadline(call(), ctx.deadline)
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        result = await loop.run_in_executor(self.executor, context.run, call)
+        self.in_threads.add(ctx.id)
+        try:
+            result = await loop.run_in_executor(self.executor, context.run, call)
+        finally:
+            self.in_threads.discard(ctx.id)
         if inspect.isawaitable(result):  # a sync function that returned a coroutine
             result = await _with_deadline(result, ctx.deadline)
         return result

@@ -336,13 +336,16 @@ class Child:
         return self.exit
 
     def _signal(self, sig: int) -> None:
+        """Signal the child's process group (the child and whatever it started)."""
         if self.pid is None:
             return
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
-            with contextlib.suppress(ProcessLookupError):
-                if self.exit is None:
+            # The group is gone, or the child left it (setsid). Signal the child itself, but
+            # only while it has not been reaped: its pid could belong to someone else then.
+            if self._transport is not None and self._transport.get_returncode() is None:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, sig)
         except PermissionError as exc:
             log.warning(
