@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 import pytest
+import redis.asyncio as aioredis
 from click.testing import CliRunner
 
-from agent.broker import keys
+from agent.broker import Broker, keys
 from agent.broker.messages import ServerInfo, WorkerInfo, encode
 from agent.inspect.cli import describe_bytes, format_duration, inspect_cli, redact
 from agent.local_redis import free_port
@@ -331,3 +333,50 @@ def test_formatting_helpers():
     assert redact("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+async def seed_docs_session(url: str) -> None:
+    """The dataset of the session shown in docs/inspect.md."""
+    b = Broker(aioredis.Redis.from_url(url))
+    try:
+        await b.enqueue("email:welcome", b'{"user":1042}', task_id="welcome-1042")
+        await b.dequeue(Q)
+        await b.enqueue("email:welcome", b'{"user":1043}', task_id="welcome-1043")
+        (task,), _ = await b.dequeue(Q)
+        await b.fail(task, "smtp: 421 try again later")
+        await b.enqueue("image:resize", b"\x89PNG\r\n\x1a\n\x00\x00", task_id="resize-77",
+                        max_retry=0)
+        (task,), _ = await b.dequeue(Q)
+        await b.fail(task, "decode: unsupported color profile")
+        await b.enqueue("report:build", b'{"month":"2026-05"}', task_id="report-2026-05",
+                        retention=86400)
+        (task,), _ = await b.dequeue(Q)
+        await b.complete(task, b'{"rows":1284,"url":"s3://reports/2026-05.csv"}')
+        await b.enqueue("email:welcome", b'{"user":1044}', task_id="welcome-1044")
+        await b.enqueue("email:digest", b"weekly", task_id="digest-w23", unique_ttl=3600)
+        await b.enqueue("email:reminder", b'{"user":1042}', task_id="remind-1042", process_in=7200)
+        await b.enqueue("metrics:flush", b'{"n":1}', task_id="flush-1", group="metrics")
+        await b.enqueue("metrics:flush", b'{"n":2}', task_id="flush-2", group="metrics")
+        await b.enqueue("cleanup:tmp", None, queue="low", task_id="cleanup-1")
+        await b.pause("low")
+    finally:
+        await b.close()
+
+
+async def test_docs_show_the_real_output(redis_url, run):
+    """Every time-independent transcript of docs/inspect.md is what the CLI prints."""
+    await seed_docs_session(redis_url)
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "inspect.md").read_text()
+    session = [
+        "queue ls", "queue unpause low", "queue pause low", "queue pause low",
+        "task ls default --state retry --page 2", "task cancel welcome-1042",
+        "task show nope x", "task show default nope",
+        "task retry default welcome-1043", "task archive default welcome-1044",
+        "task delete default digest-w23", "task delete default welcome-1042",
+        "task retry-all default --state archived", "task archive-all default --state aggregating",
+        "task delete-all default --state archived", "--json task delete-all default --state scheduled",
+    ]
+    for command in session:
+        result = run(*command.split())
+        transcript = f"$ rundown-agent inspect {command}\n{result.output}"
+        assert transcript in docs, transcript

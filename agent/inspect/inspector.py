@@ -568,7 +568,8 @@ class Inspector:
                 continue
             servers[info.server_id] = ServerDetails(
                 id=info.server_id, host=info.host, pid=info.pid, concurrency=info.concurrency,
-                queues=dict(info.queues), strict_priority=info.strict_priority,
+                queues=dict(sorted(info.queues.items(), key=lambda kv: (-kv[1], kv[0]))),
+                strict_priority=info.strict_priority,
                 status=info.status, started=_timestamp(info.start_time),
                 active_worker_count=info.active_worker_count)
         worker_keys = self._live_keys(keys.ALL_WORKERS, now)
