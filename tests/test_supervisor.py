@@ -610,6 +610,8 @@ def test_build_child_env_is_explicit(tmp_path):
     sdk_dir = Path(env["PYTHONPATH"])  # only the copy of task_sdk, not the agent's packages
     assert sorted(p.name for p in sdk_dir.iterdir()) == ["task_sdk"]
     assert (sdk_dir / "task_sdk" / "__init__.py").is_file()
+    spec = ChildSpec(argv=["python"], cwd=tmp_path, env=env)
+    assert "s3cret" not in repr(spec)
     own = build_child_env({"PYTHONPATH": "/code/src"}, {}, None, base_env=base)
     assert own["PYTHONPATH"] == f"/code/src:{sdk_dir}"
 

@@ -478,7 +478,9 @@ class Child:
             for item in self._stdout.finish():
                 self._stdout_line(item)
             self._stdout_eof.set()
-            if self.exit is None and self._stop_reason is None:
+            # A one_shot child that answered closes stdout on its way out: nothing is wrong.
+            answered = self.one_shot and not self._pending and self.tasks_started
+            if self.exit is None and self._stop_reason is None and not answered:
                 self._in_background(self._stdout_closed_early())
         elif fd == 2:
             for item in self._stderr.finish():

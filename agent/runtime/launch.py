@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import resource
 import shlex
@@ -51,7 +52,7 @@ class ChildSpec:
 
     argv: list[str]
     cwd: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never shown
     startup_timeout: float = 60.0
     max_in_flight: int = 1
     max_tasks_per_child: int = 0
@@ -177,7 +178,12 @@ _sdk_copy: Path | None = None
 
 
 def sdk_import_dir() -> Path:
-    """A private directory that holds only a copy of ``task_sdk`` (made once per agent)."""
+    """A directory that holds only a copy of ``task_sdk``, for the children's ``PYTHONPATH``.
+
+    It lives in the user's cache (``$XDG_CACHE_HOME/rundown-agent/task_sdk-<content hash>``),
+    where temp-file cleaners do not remove it from under a long-running agent; a private
+    temporary directory is the fallback when the cache is not writable.
+    """
     global _sdk_copy
     if _sdk_copy is not None and (_sdk_copy / "task_sdk" / "__init__.py").is_file():
         return _sdk_copy
@@ -185,11 +191,37 @@ def sdk_import_dir() -> Path:
         raise RuntimeError(
             f"task_sdk is missing next to the agent package (looked in {_SDK_SOURCE})"
         )
-    root = Path(tempfile.mkdtemp(prefix="rundown-task-sdk-"))
-    shutil.copytree(_SDK_SOURCE, root / "task_sdk", ignore=shutil.ignore_patterns("__pycache__"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    _sdk_copy = root
+    try:
+        _sdk_copy = _cached_copy()
+    except OSError:
+        root = Path(tempfile.mkdtemp(prefix="rundown-task-sdk-"))
+        _copy_sdk(root / "task_sdk")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _sdk_copy = root
+    return _sdk_copy
+
+
+def _cached_copy() -> Path:
+    digest = hashlib.sha256()
+    for source in sorted(_SDK_SOURCE.glob("*.py")) + sorted(_SDK_SOURCE.glob("*.typed")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rundown-agent"
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = cache / f"task_sdk-{digest.hexdigest()[:16]}"
+    if not (root / "task_sdk" / "__init__.py").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
+        _copy_sdk(staging / "task_sdk")
+        try:
+            staging.rename(root)
+        except OSError:  # another agent got there first (or a stale partial copy is in the way)
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (root / "task_sdk" / "__init__.py").is_file():
+                raise
     return root
+
+
+def _copy_sdk(target: Path) -> None:
+    shutil.copytree(_SDK_SOURCE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def rlimit_setter(spec: ChildSpec) -> Callable[[], None] | None:
