@@ -90,7 +90,9 @@ class OneShotPool(ChildPool):
                 except ChildStartupError as exc:
                     self.crashes.record(f"probe start failed: {exc}")
                     continue
-                await probe.stop(reason="health probe done")
+                finally:
+                    if probe.exit is None:  # started (or cancelled while starting): stop it
+                        await asyncio.shield(probe.stop(reason="health probe done"))
                 self.crashes.recovered()
         finally:
             self._probe = None
