@@ -188,6 +188,15 @@ def _summary(config: Config, path: Path | None) -> str:
     return "\n".join(lines)
 
 
+def _mount_subcommands() -> None:
+    from agent.inspect.cli import inspect_cli
+
+    cli.add_command(inspect_cli, "inspect")
+
+
+_mount_subcommands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``rundown-agent``)."""
     cli.main(args=argv, prog_name="rundown-agent")

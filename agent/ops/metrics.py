@@ -29,11 +29,11 @@ class Metrics(Observer):
                                 ["queue", "type"], registry=r)
         self.duration = Histogram("rundown_task_duration_seconds", "Time from dequeue to outcome written",
                                   ["queue"], buckets=DURATION_BUCKETS, registry=r)
-        self.in_flight = Gauge("rundown_tasks_in_flight", "Tasks being processed", ["queue"], registry=r)
-        self.dequeued = Counter("rundown_dequeued_tasks", "Tasks taken from pending", ["queue"], registry=r)
-        self.lease_losses = Counter("rundown_lease_lost_tasks", "Tasks whose lease was lost before the "
+        self.in_flight_tasks = Gauge("rundown_tasks_in_flight", "Tasks being processed", ["queue"], registry=r)
+        self.dequeued_tasks = Counter("rundown_dequeued_tasks", "Tasks taken from pending", ["queue"], registry=r)
+        self.lease_lost_tasks = Counter("rundown_lease_lost_tasks", "Tasks whose lease was lost before the "
                                     "outcome could be written", ["queue"], registry=r)
-        self.redis_errors = Counter("rundown_redis_errors", "Redis errors, by operation", ["operation"],
+        self.redis_error_count = Counter("rundown_redis_errors", "Redis errors, by operation", ["operation"],
                                     registry=r)
         self._children: dict[tuple, object] = {}
 
@@ -47,11 +47,11 @@ class Metrics(Observer):
     # Observer hooks -------------------------------------------------------------------
 
     def task_started(self, task: DequeuedTask) -> None:
-        self._child(self.in_flight, task.queue).inc()
+        self._child(self.in_flight_tasks, task.queue).inc()
 
     def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None:
         task_type = task.message.type if task.message else ""
-        self._child(self.in_flight, task.queue).dec()
+        self._child(self.in_flight_tasks, task.queue).dec()
         self._child(self.tasks, task.queue, task_type, state).inc()
         if outcome.kind in ("retry", "archive"):
             self._child(self.failures, task.queue, task_type).inc()
@@ -59,16 +59,16 @@ class Metrics(Observer):
 
     def task_dropped(self, task: DequeuedTask) -> None:
         """A task left without an outcome (requeued at shutdown, cancelled, lease lost)."""
-        self._child(self.in_flight, task.queue).dec()
+        self._child(self.in_flight_tasks, task.queue).dec()
 
     def lease_lost(self, task: DequeuedTask) -> None:
-        self._child(self.lease_losses, task.queue).inc()
+        self._child(self.lease_lost_tasks, task.queue).inc()
 
     def redis_error(self, where: str, exc: BaseException) -> None:
-        self._child(self.redis_errors, where).inc()
+        self._child(self.redis_error_count, where).inc()
 
     def dequeued(self, queue: str, count: int) -> None:
-        self._child(self.dequeued, queue).inc(count)
+        self._child(self.dequeued_tasks, queue).inc(count)
 
 
 class SampledCollector(Collector):

@@ -98,24 +98,31 @@ class Processor:
         """Fetch and dispatch until ``stop_fetching``. Never sleeps on a fixed poll."""
         await self._refresh_paused()
         while self.fetching:
-            free = self.concurrency - len(self.in_flight)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._wait_or_stop(self._slot_freed.wait(), 1.0)
-                continue
-            if time.monotonic() - self._paused_checked > 1.0:
-                await self._refresh_paused()
-            queues = self.eligible()
-            took = await self._fetch(queues, free) if queues else 0
-            if took or not self.fetching:
-                continue
-            await self._refresh_paused()
-            if self.waiters is not None:
-                self.waiters.sync(self.eligible())
-            self.signal.idle.set()
-            await self.signal.wait(1.0)
-            self.signal.idle.clear()
+            try:
+                await self._step()
+            except Exception:  # noqa: BLE001 - a bug here must not silently stop all work
+                log.exception("processor loop error; continuing in 1s")
+                await asyncio.sleep(1.0)
         self._stopped.set()
+
+    async def _step(self) -> None:
+        free = self.concurrency - len(self.in_flight)
+        if free <= 0:
+            self._slot_freed.clear()
+            await self._wait_or_stop(self._slot_freed.wait(), 1.0)
+            return
+        if time.monotonic() - self._paused_checked > 1.0:
+            await self._refresh_paused()
+        queues = self.eligible()
+        took = await self._fetch(queues, free) if queues else 0
+        if took or not self.fetching:
+            return
+        await self._refresh_paused()
+        if self.waiters is not None:
+            self.waiters.sync(self.eligible())
+        self.signal.idle.set()
+        await self.signal.wait(1.0)
+        self.signal.idle.clear()
 
     async def _wait_or_stop(self, awaitable, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
