@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from agent.config.model import DeploymentConfig, Secret
 from agent.logs import redact_url
@@ -106,8 +107,8 @@ class DeploymentSpec:
 
     @property
     def source(self) -> str:
-        """The git URL (any password masked) or the local path, for logs."""
-        return redact_url(self.git_url) if self.git_url else str(self.path)
+        """The git URL without any credentials in it, or the local path: safe to log and store."""
+        return _without_userinfo(self.git_url) if self.git_url else str(self.path)
 
     @classmethod
     def from_config(cls, cfg: DeploymentConfig, queue: str = "") -> DeploymentSpec:
@@ -118,6 +119,14 @@ class DeploymentSpec:
             path=cfg.path, startup_cmd=cfg.startup_cmd or "", env_vars=dict(cfg.env_vars),
             startup_timeout=cfg.startup_timeout, mode=cfg.mode, processes=cfg.processes,
             venv=cfg.venv, requirements=cfg.requirements)
+
+
+def _without_userinfo(url: str) -> str:
+    """``https://user:token@host/x`` and ``https://token@host/x`` -> ``https://host/x``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return redact_url(url)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
