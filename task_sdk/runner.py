@@ -159,11 +159,10 @@ class _Server:
                 traceback.print_exc(file=sys.stderr)
                 raise StartupError(_exception_line(exc)) from exc
             self.ctx = value
-        # With only sync handlers, more tasks in flight than threads would just queue here
-        # while their deadlines run: announce (and apply) the smaller limit.
+        # The agent decides how many tasks a child holds; sync handlers beyond the thread
+        # count wait here for a thread. Keeping a few queued hides the round trip to the
+        # agent, and deadlines are enforced by the agent either way.
         limit = self.settings.max_in_flight
-        if not any(h.is_async for h in handlers.values()):
-            limit = min(limit, self.settings.sync_threads)
         self.semaphore = asyncio.Semaphore(limit)
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.sync_threads, thread_name_prefix="task_sdk-handler"

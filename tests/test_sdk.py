@@ -148,7 +148,7 @@ def test_ready_announces_protocol_types_and_limits(children):
     assert child.close() == 0
 
 
-def test_sync_only_child_announces_its_thread_limit(children, app_file):
+def test_sync_only_child_accepts_the_agents_limit_and_queues_for_threads(children, app_file):
     child = children(
         app_file("""
         from task_sdk import run, task
@@ -162,7 +162,8 @@ def test_sync_only_child_announces_its_thread_limit(children, app_file):
         RUNDOWN_MAX_IN_FLIGHT="10",
         RUNDOWN_SYNC_THREADS="2",
     )
-    assert child.ready()["max_in_flight"] == 2
+    ready = child.ready()
+    assert ready["max_in_flight"] == 10 and ready["sync_threads"] == 2
 
 
 def test_stdout_is_isolated_from_the_protocol(children):
