@@ -122,3 +122,19 @@ def test_options_reject_bad_values():
     assert EnqueueOptions(process_in=-10).process_time(100.0) == 100.0  # a past time means now
     only_deadline = build_message("t", b"", EnqueueOptions(deadline=2_000_000_000))
     assert (only_deadline.timeout, only_deadline.deadline) == (0, 2_000_000_000)
+
+
+async def test_outcomes_written_together_are_batched_and_survive_script_flush(broker, r):
+    import asyncio
+
+    await broker.enqueue_many([("t", b"", EnqueueOptions(task_id=f"T{i}")) for i in range(300)])
+    tasks, _ = await broker.dequeue(Q, count=300)
+    r.config_resetstat()
+    await asyncio.gather(*(broker.complete(t) for t in tasks[:150]))
+    calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls == 150
+    r.script_flush()  # as after a Redis restart: the batcher reloads and redoes
+    results = await asyncio.gather(*(broker.fail(t, "x") for t in tasks[150:]), return_exceptions=True)
+    assert results == ["retry"] * 150
+    assert r.get(keys.processed_total(Q)) == b"300" and r.zcard(keys.retry(Q)) == 150
+    assert r.llen(keys.active(Q)) == 0

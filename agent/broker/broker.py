@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent.broker import keys, plans
+from agent.broker.batch import ScriptBatcher
 from agent.broker.errors import (
     DuplicateTaskError,
     LeaseLostError,
@@ -73,10 +74,11 @@ class Broker:
     task recovered and re-run elsewhere is never touched by a late writer.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, batch_outcomes: bool = True) -> None:
         self.redis = client
         self.scripts = Scripts(client)
         self._registered_queues: set[str] = set()
+        self._batcher = ScriptBatcher(client) if batch_outcomes else None
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> Broker:
@@ -163,7 +165,10 @@ class Broker:
     async def _write_outcome(self, task: DequeuedTask, call: ScriptCall) -> None:
         self._check_lease(task)
         try:
-            await self._run(call)
+            if self._batcher is not None:
+                await self._batcher.run(call)
+            else:
+                await self._run(call)
         except ResponseError as exc:
             if "NOT FOUND" in str(exc):
                 raise TaskNotFoundError(task.queue, task.id, "no longer active (recovered elsewhere?)") from exc

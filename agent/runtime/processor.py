@@ -46,9 +46,18 @@ class Observer:
 @dataclass
 class InFlight:
     task: DequeuedTask
+    handler: asyncio.Task | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: str = ""  # "", "cancelled", "abandoned" (lease lost) or "requeued"
-    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    recording: bool = False  # the outcome is being written: too late to interrupt
+
+    def interrupt(self, why: str) -> bool:
+        """Stop waiting for the executor (cancels the handler task at its await)."""
+        if self.interrupted or self.recording or self.handler is None:
+            return False
+        self.interrupted = why
+        self.handler.cancel()
+        return True
 
 
 class Processor:
@@ -164,9 +173,20 @@ class Processor:
         self.per_queue[task.queue] = self.per_queue.get(task.queue, 0) + 1
         self.leases.add(task)
         self.observer.task_started(task)
-        handler = asyncio.create_task(self._handle(entry), name=f"task:{task.id}")
-        self._handlers.add(handler)
-        handler.add_done_callback(self._handlers.discard)
+        entry.handler = asyncio.create_task(self._handle(entry))
+        self._handlers.add(entry.handler)
+        # A callback, not a ``finally``: it also runs for a task cancelled before it started.
+        entry.handler.add_done_callback(lambda handler: self._finished(entry, handler))
+
+    def _finished(self, entry: InFlight, handler: asyncio.Task) -> None:
+        task = entry.task
+        self._handlers.discard(handler)
+        self.in_flight.pop(task.id, None)
+        self.per_queue[task.queue] -= 1
+        self.leases.remove(task)
+        entry.done.set()
+        self._slot_freed.set()
+        self.signal.notify()
 
     # -- one task -----------------------------------------------------------------------
 
@@ -174,42 +194,31 @@ class Processor:
         task = entry.task
         started = time.monotonic()
         try:
-            outcome = await self._execute(entry)
-            if entry.interrupted == "cancelled":
+            try:
+                outcome = await self._execute(task)
+            except asyncio.CancelledError:
+                if not entry.interrupted:
+                    raise
+                asyncio.current_task().uncancel()  # our own interrupt, handled here
                 outcome = Outcome("retry", error=CANCELED_ERROR)
             if entry.interrupted in ("abandoned", "requeued"):
                 self.observer.task_dropped(task)
                 return
+            entry.recording = True
             state = await self._record(task, outcome)
             self.observer.task_finished(task, outcome, state, time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise
         except Exception:  # noqa: BLE001 - one task's trouble must never stop the agent
             log.exception("unexpected error while handling task %s of queue %s", task.id, task.queue)
-        finally:
-            self.in_flight.pop(task.id, None)
-            self.per_queue[task.queue] -= 1
-            self.leases.remove(task)
-            entry.done.set()
-            self._slot_freed.set()
-            self.signal.notify()
 
-    async def _execute(self, entry: InFlight) -> Outcome:
-        task = entry.task
+    async def _execute(self, task: DequeuedTask) -> Outcome:
         if task.message is None:
             return Outcome("archive", error=task.decode_error)
         deadline = processing_deadline(task.message, task.started_at)
         if deadline <= time.time():
             return Outcome("retry", error=DEADLINE_ERROR)
-        run = asyncio.create_task(self.executor_for(task.queue).execute(task, deadline))
-        interrupt = asyncio.create_task(entry.interrupt.wait())
-        done, _ = await asyncio.wait({run, interrupt}, return_when=asyncio.FIRST_COMPLETED)
-        interrupt.cancel()
-        if run in done:
-            return run.result()
-        # Cancelled, abandoned or requeued: the executor finishes on its own; drop its answer.
-        run.add_done_callback(lambda t: t.cancelled() or t.exception())
-        with contextlib.suppress(Exception):
-            await self.executor_for(task.queue).cancel(task.id)
-        return Outcome("retry", error=CANCELED_ERROR)
+        return await self.executor_for(task.queue).execute(task, deadline)
 
     async def _record(self, task: DequeuedTask, outcome: Outcome) -> str:
         """Write the outcome; retry Redis errors until the lease runs out (asynq's syncer)."""
@@ -244,19 +253,15 @@ class Processor:
     # -- control ------------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> bool:
+        """asynq:cancel: the task fails with "context canceled" (and the child is told)."""
         entry = self.in_flight.get(task_id)
-        if entry is None or entry.interrupted:
-            return False
-        entry.interrupted = "cancelled"
-        entry.interrupt.set()
-        return True
+        return entry is not None and entry.interrupt("cancelled")
 
     def abandon(self, task: DequeuedTask) -> None:
         """The lease is lost: stop waiting for the task and write nothing for it."""
         entry = self.in_flight.get(task.id)
-        if entry is not None and entry.task is task and not entry.interrupted:
-            entry.interrupted = "abandoned"
-            entry.interrupt.set()
+        if entry is not None and entry.task is task:
+            entry.interrupt("abandoned")
 
     def stop_fetching(self) -> None:
         self.fetching = False
@@ -279,10 +284,8 @@ class Processor:
                 t.cancel()
         requeued = 0
         for entry in list(self.in_flight.values()):
-            if entry.interrupted:
+            if not entry.interrupt("requeued"):
                 continue
-            entry.interrupted = "requeued"
-            entry.interrupt.set()
             try:
                 await self.broker.requeue(entry.task)
                 requeued += 1
