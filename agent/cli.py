@@ -188,10 +188,20 @@ def _summary(config: Config, path: Path | None) -> str:
     return "\n".join(lines)
 
 
+@click.command("demo")
+@click.option("--keep", is_flag=True, help="Keep the demo's working directory (logs, checkout).")
+def demo_command(keep: bool) -> None:
+    """Run the whole system locally: Redis, control server, agent, tasks and results."""
+    from agent.demo import run_demo
+
+    raise SystemExit(run_demo(keep=keep))
+
+
 def _mount_subcommands() -> None:
     from agent.inspect.cli import inspect_cli
 
     cli.add_command(inspect_cli, "inspect")
+    cli.add_command(demo_command)
 
 
 _mount_subcommands()
