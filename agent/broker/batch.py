@@ -56,6 +56,10 @@ class ScriptBatcher:
                 else:
                     future.set_result(result)
 
+    async def execute(self, calls: Sequence[ScriptCall]) -> list:
+        """Run these calls in one pipeline now; results (or exceptions) in order."""
+        return await self._execute(calls)
+
     async def _execute(self, calls: Sequence[ScriptCall]) -> list:
         for name in {c.script for c in calls}:
             await self._sha(name)

@@ -132,8 +132,35 @@ class Broker:
         now = time.time()
         call = plans.dequeue_call(queue, now, count, lease_seconds)
         flat = await self._run(call)
+        orphans: list[str] = []
+        tasks = self._tasks_from_reply(queue, flat, now, int(now) + lease_seconds, orphans)
+        return tasks, orphans
+
+    async def dequeue_counts(self, counts: dict[str, int], lease_seconds: int = LEASE_SECONDS
+                             ) -> tuple[list[DequeuedTask], list[str], dict[str, int]]:
+        """Take up to ``counts[queue]`` tasks from each queue, all in one round trip.
+
+        Returns (tasks, orphan IDs dropped, how many each queue yielded)."""
+        now = time.time()
+        queues = [q for q, n in counts.items() if n > 0]
+        calls = [plans.dequeue_call(q, now, counts[q], lease_seconds) for q in queues]
+        replies = await self._batcher.execute(calls) if self._batcher else [
+            await self._run(c) for c in calls]
         expiry = int(now) + lease_seconds
-        tasks, orphans = [], []
+        tasks: list[DequeuedTask] = []
+        orphans: list[str] = []
+        taken: dict[str, int] = {}
+        for queue, flat in zip(queues, replies, strict=True):
+            if isinstance(flat, Exception):
+                raise flat
+            got = self._tasks_from_reply(queue, flat, now, expiry, orphans)
+            taken[queue] = len(got)
+            tasks.extend(got)
+        return tasks, orphans, taken
+
+    def _tasks_from_reply(self, queue: str, flat: list, now: float, expiry: int,
+                          orphans: list[str]) -> list[DequeuedTask]:
+        tasks = []
         for i in range(0, len(flat), 2):
             task_id = flat[i].decode() if isinstance(flat[i], bytes) else flat[i]
             raw = flat[i + 1]
@@ -145,7 +172,7 @@ class Broker:
             except MessageDecodeError as exc:
                 message, error = None, str(exc)
             tasks.append(DequeuedTask(task_id, queue, raw, message, expiry, error, now))
-        return tasks, orphans
+        return tasks
 
     async def dequeue_first(self, queues: Sequence[str], count: int = 1,
                             lease_seconds: int = LEASE_SECONDS) -> tuple[list[DequeuedTask], list[str]]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +26,7 @@ from agent.runtime.wakeup import QueueWaiters, WorkSignal
 log = logging.getLogger("agent.runtime")
 
 CANCELED_ERROR = "context canceled"
+DRAINED_MEMORY = 0.05  # seconds a queue found empty is left out of weighted allocation
 DEADLINE_ERROR = "context deadline exceeded"
 
 
@@ -86,6 +89,9 @@ class Processor:
         self._stopped = asyncio.Event()
         self._handlers: set[asyncio.Task] = set()
         self._paused_checked = 0.0
+        self._drained: set[str] = set()
+        self._drained_at = 0.0
+        self._rng = random.Random()
 
     # -- fetch loop ---------------------------------------------------------------------
 
@@ -144,28 +150,63 @@ class Processor:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self.observer.redis_error("paused", exc)
 
+    def _room(self, queue: str, want: int) -> int:
+        limit = self.limits.get(queue)
+        return want if limit is None else min(want, limit - self.per_queue[queue])
+
+    def _allocate(self, queues: list[str], want: int) -> dict[str, int]:
+        """Share ``want`` slots among queues by weight (asynq's odds, drawn per slot), so
+        one round trip can take from several queues and the mix follows the weights."""
+        weights = [self.order.weights.get(q, 1) for q in queues]
+        counts = dict(Counter(self._rng.choices(queues, weights, k=want)))
+        return {q: self._room(q, n) for q, n in counts.items()}
+
     async def _fetch(self, queues: list[str], free: int) -> int:
+        want = min(free, self.batch)
+        try:
+            if len(queues) > 1 and not self.order.strict:
+                if time.monotonic() - self._drained_at > DRAINED_MEMORY:
+                    self._drained.clear()
+                candidates = [q for q in queues if q not in self._drained] or queues
+                counts = self._allocate(candidates, want)
+                tasks, orphans, taken = await self.broker.dequeue_counts(counts)
+                for queue, n in taken.items():
+                    if n:
+                        self.observer.dequeued(queue, n)
+                # A queue that gave less than asked is empty for now: leave it out of the
+                # next few allocations (a short memory, so new work there is not starved).
+                newly = {q for q, n in counts.items() if taken.get(q, 0) < n} - self._drained
+                if newly:
+                    self._drained |= newly
+                    self._drained_at = time.monotonic()
+                if not tasks:
+                    self._drained.clear()
+                    tasks, more = await self._fetch_in_order(queues, want)
+                    orphans += more
+            else:
+                tasks, orphans = await self._fetch_in_order(queues, want)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.observer.redis_error("dequeue", exc)
+            log.warning("dequeue failed: %s; retrying", exc)
+            await asyncio.sleep(0.5)
+            return 0
+        self.last_dequeue_ok = time.monotonic()
+        for orphan in orphans:
+            log.warning("a task ID had no task hash and was dropped: %s", orphan)
+        for task in tasks:
+            self._dispatch(task)
+        return len(tasks)
+
+    async def _fetch_in_order(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
+        """Try queues in priority order; stop at the first that yields tasks."""
+        orphans: list[str] = []
         for queue in queues:
-            want = min(free, self.batch)
-            limit = self.limits.get(queue)
-            if limit is not None:
-                want = min(want, limit - self.per_queue[queue])
-            try:
-                tasks, orphans = await self.broker.dequeue(queue, want)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self.observer.redis_error("dequeue", exc)
-                log.warning("dequeue from %s failed: %s; retrying", queue, exc)
-                await asyncio.sleep(0.5)
-                return 0
-            self.last_dequeue_ok = time.monotonic()
-            for orphan in orphans:
-                log.warning("queue %s: task ID %s had no task hash; dropped it", queue, orphan)
+            tasks, dropped = await self.broker.dequeue(queue, self._room(queue, want))
+            orphans += dropped
             if tasks:
                 self.observer.dequeued(queue, len(tasks))
-                for task in tasks:
-                    self._dispatch(task)
-                return len(tasks)
-        return 0
+                return tasks, orphans
+        return [], orphans
 
     def _dispatch(self, task: DequeuedTask) -> None:
         entry = InFlight(task)
