@@ -48,13 +48,13 @@ class RedisConnection:
             out["password"] = self.password.reveal()
         if self.username:
             out["username"] = self.username
-        if self.url.startswith("rediss://"):
+        if self.url.startswith("rediss"):  # rediss://, rediss+cluster://, ...
             out.update(self.tls_files)
         return out
 
     @property
     def use_tls(self) -> bool:
-        return self.url.startswith("rediss://")
+        return self.url.startswith("rediss")
 
     @property
     def display_url(self) -> str:

@@ -27,8 +27,10 @@ after a failover the next command reconnects to the promoted replica.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
@@ -175,13 +177,13 @@ def async_client(url: str, **kwargs: Any):
         return aioredis.Redis.from_url(url, **kwargs)
     options = _connection_kwargs(target, kwargs)
     if target.kind == "cluster":
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.cluster import ClusterNode
 
         for key in _NOT_FOR_CLUSTER:
             options.pop(key, None)
         options.pop("retry", None)  # the cluster client has its own retry policy
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-                            ssl=target.tls, **options)
+        return _async_cluster_class()(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+                                      ssl=target.tls, **options)
     from redis.asyncio.sentinel import (
         Sentinel,
         SentinelConnectionPool,
@@ -206,12 +208,12 @@ def sync_client(url: str, **kwargs: Any):
         return redis.Redis.from_url(url, **kwargs)
     options = _connection_kwargs(target, kwargs)
     if target.kind == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
+        from redis.cluster import ClusterNode
 
         for key in _NOT_FOR_CLUSTER:
             options.pop(key, None)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
-                            ssl=target.tls, **options)
+        return _sync_cluster_class()(startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+                                     ssl=target.tls, **options)
     from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedSSLConnection
 
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options))
@@ -235,3 +237,189 @@ def _sentinel_kwargs(target: ConnectionTarget, options: Mapping[str, Any]) -> di
             if options.get(key) is not None:
                 out[key] = options[key]
     return out
+
+
+# -- Redis Cluster: pipelines that may carry scripts ----------------------------------------
+#
+# redis-py's cluster pipelines refuse EVALSHA, and the broker pipelines its Lua scripts
+# (batched outcomes, enqueue_many, heartbeats). These clients hand out a pipeline that queues
+# the same calls and, on execute(), sends the commands of each hash slot in order, the slots
+# concurrently (asyncio) or one after another (threads). A queued script whose SHA the node
+# does not know (a restarted or new primary) is loaded from the source this client saw in
+# register_script / script_load and run again. ``transaction=True`` keeps the order but is not
+# atomic across commands in cluster mode (the broker uses it only to drop orphan IDs).
+
+
+def _sha1(script: str | bytes) -> str:
+    data = script.encode() if isinstance(script, str) else script
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
+
+
+def _command_key(name: str, args: tuple) -> Any:
+    if name in ("evalsha", "eval"):
+        return args[2] if len(args) > 2 and int(args[1]) > 0 else None
+    return args[0] if args else None
+
+
+class _QueuedCommands:
+    """Shared part of both pipelines: queue ``pipe.<command>(...)`` calls, group by slot."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._commands: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or not callable(getattr(self._client, name, None)):
+            raise AttributeError(name)
+
+        def queue(*args: Any, **kwargs: Any) -> Any:
+            self._commands.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def reset(self) -> None:
+        self._commands = []
+
+    def _groups(self) -> list[list[int]]:
+        groups: dict[Any, list[int]] = {}
+        for index, (name, args, _) in enumerate(self._commands):
+            key = _command_key(name, args)
+            slot = ("slot", self._client.keyslot(key)) if key is not None else ("alone", index)
+            groups.setdefault(slot, []).append(index)
+        return list(groups.values())
+
+    @staticmethod
+    def _finish(results: list, raise_on_error: bool) -> list:
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
+
+
+class _AsyncScriptPipeline(_QueuedCommands):
+    def __await__(self):  # AsyncScript does ``await client.evalsha(...)`` on a pipeline
+        async def itself() -> _AsyncScriptPipeline:
+            return self
+
+        return itself().__await__()
+
+    async def __aenter__(self) -> _AsyncScriptPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reset()
+
+    async def _one(self, name: str, args: tuple, kwargs: dict) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            return await getattr(self._client, name)(*args, **kwargs)
+        except NoScriptError:
+            source = self._client._script_sources.get(args[0]) if name == "evalsha" else None
+            if source is None:
+                raise
+            await self._client.script_load(source)
+            return await getattr(self._client, name)(*args, **kwargs)
+
+    async def _run_group(self, indexes: list[int], results: list) -> None:
+        for index in indexes:
+            name, args, kwargs = self._commands[index]
+            try:
+                results[index] = await self._one(name, args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - reported per command, like a pipeline
+                results[index] = exc
+
+    async def execute(self, raise_on_error: bool = True) -> list:
+        import asyncio
+
+        results: list = [None] * len(self._commands)
+        try:
+            await asyncio.gather(*(self._run_group(g, results) for g in self._groups()))
+        finally:
+            self.reset()
+        return self._finish(results, raise_on_error)
+
+
+class _SyncScriptPipeline(_QueuedCommands):
+    def __enter__(self) -> _SyncScriptPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
+
+    def _one(self, name: str, args: tuple, kwargs: dict) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            return getattr(self._client, name)(*args, **kwargs)
+        except NoScriptError:
+            source = self._client._script_sources.get(args[0]) if name == "evalsha" else None
+            if source is None:
+                raise
+            self._client.script_load(source)
+            return getattr(self._client, name)(*args, **kwargs)
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        results: list = [None] * len(self._commands)
+        try:
+            for group in self._groups():
+                for index in group:
+                    name, args, kwargs = self._commands[index]
+                    try:
+                        results[index] = self._one(name, args, kwargs)
+                    except Exception as exc:  # noqa: BLE001 - reported per command
+                        results[index] = exc
+        finally:
+            self.reset()
+        return self._finish(results, raise_on_error)
+
+
+@cache
+def _async_cluster_class() -> type:
+    from redis.asyncio.cluster import RedisCluster
+
+    class AgentRedisCluster(RedisCluster):
+        """``RedisCluster`` whose pipelines accept Lua scripts (see above)."""
+
+        _script_sources: dict[str, Any] = {}  # shared: a SHA names one source everywhere
+
+        def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+            return _AsyncScriptPipeline(self)
+
+        def register_script(self, script: Any) -> Any:
+            self._script_sources[_sha1(script)] = script  # SHA -> source, for NOSCRIPT
+            return super().register_script(script)
+
+        async def script_load(self, script: Any) -> Any:
+            self._script_sources[_sha1(script)] = script  # SHA -> source, for NOSCRIPT
+            return await super().script_load(script)
+
+    return AgentRedisCluster
+
+
+@cache
+def _sync_cluster_class() -> type:
+    from redis.cluster import RedisCluster
+
+    class AgentSyncRedisCluster(RedisCluster):
+        """``redis.cluster.RedisCluster`` whose pipelines accept Lua scripts (see above)."""
+
+        _script_sources: dict[str, Any] = {}  # shared: a SHA names one source everywhere
+
+        def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+            return _SyncScriptPipeline(self)
+
+        def register_script(self, script: Any) -> Any:
+            self._script_sources[_sha1(script)] = script  # SHA -> source, for NOSCRIPT
+            return super().register_script(script)
+
+        def script_load(self, script: Any) -> Any:
+            self._script_sources[_sha1(script)] = script  # SHA -> source, for NOSCRIPT
+            return super().script_load(script)
+
+    return AgentSyncRedisCluster

@@ -176,7 +176,7 @@ class RedisConfig:
 
     @property
     def tls(self) -> bool:
-        return self.use_tls or (self.url or "").startswith("rediss://")
+        return self.use_tls or (self.url or "").startswith("rediss")
 
     def connection_url(self) -> str:
         """The URL to pass to ``redis.asyncio.Redis.from_url`` (no password added to it)."""

@@ -238,7 +238,7 @@ def _check_redis(raw: dict[str, Any], values: dict[str, Any], findings: Findings
                 findings.add(f"redis.{key}", why)
         if url is not None and _given(raw, "password") and urlsplit(url).password is not None:
             findings.add("redis.password", "the URL already holds a password: give it in one place")
-    tls = values.get("use_tls", False) or (url or "").startswith("rediss://")
+    tls = values.get("use_tls", False) or (url or "").startswith("rediss")
     for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
         if _given(raw, key) and not tls:
             findings.add(f"redis.{key}", "TLS files need redis.use_tls: true (or a rediss:// url)")

@@ -265,6 +265,7 @@ def parse_addr(value: Any) -> str:
 
 
 REDIS_URL_EXPECTED = 'a URL like "redis://host:6379/0", "rediss://..." or "unix:///path/redis.sock"'
+_TOPOLOGY_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
 
 def parse_redis_url(value: Any) -> str:
@@ -272,6 +273,14 @@ def parse_redis_url(value: Any) -> str:
     if not isinstance(value, str):
         raise Invalid(REDIS_URL_EXPECTED)
     text = value.strip()
+    if text.split("://", 1)[0].lower() in _TOPOLOGY_SCHEMES:  # Redis Cluster / Sentinel
+        from agent.broker.connection import InvalidRedisURL, parse_url
+
+        try:
+            parse_url(text)
+        except InvalidRedisURL as exc:
+            raise Invalid(REDIS_URL_EXPECTED, str(exc)) from None
+        return text
     parts = urlsplit(text)
     if parts.scheme not in ("redis", "rediss", "unix"):
         shown = f'"{parts.scheme}"' if parts.scheme else "none"

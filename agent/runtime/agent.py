@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from agent.broker import Broker
+from agent.broker import Broker, connection
 from agent.runtime.cancel import CancelListener
 from agent.runtime.forwarder import Forwarder
 from agent.runtime.heartbeat import Heartbeat, Identity
@@ -74,10 +73,11 @@ class Agent:
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)
         common = dict(socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
                       health_check_interval=15, retry=retry, **settings.redis_kwargs)
-        self.redis = aioredis.Redis.from_url(settings.redis_url, **common)
+        # Standalone, TLS, Cluster or Sentinel, as the URL says (agent/broker/connection.py).
+        self.redis = connection.async_client(settings.redis_url, **common)
         # Blocking waits need a socket timeout above their own block time.
-        self.waiter_redis = aioredis.Redis.from_url(settings.redis_url, **common)
-        self.lease_redis = redis.Redis.from_url(settings.redis_url, **common)
+        self.waiter_redis = connection.async_client(settings.redis_url, **common)
+        self.lease_redis = connection.sync_client(settings.redis_url, **common)
         self.broker = Broker(self.redis)
 
         self.signal = WorkSignal()
