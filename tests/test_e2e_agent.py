@@ -164,3 +164,47 @@ def test_metrics_and_readiness_through_a_cycle(start_agent, client, r):
     assert agent.get("/healthz").json()["ok"] is True
     assert json.loads(agent.get("/readyz").text)["ready"] is True
     assert len(infos) == 5
+
+
+def test_heartbeat_lists_the_agent_and_its_active_tasks(start_agent, client, redis_url):
+    from agent.inspect import Inspector
+
+    agent = start_agent(queues=[{"name": "default", "weight": 2}, "low"], concurrency=7)
+    info = client.enqueue("sleep", {"seconds": 8})
+    inspector = Inspector.from_url(redis_url)
+
+    def listed():
+        servers = inspector.servers()
+        return servers if servers and servers[0].active_workers else None
+
+    wait_until(listed, timeout=15, interval=0.2)
+    [server] = inspector.servers()
+    assert (server.pid, server.concurrency, server.status) == (agent.pid, 7, "active")
+    assert server.queues == {"default": 2, "low": 1} and server.active_worker_count == 1
+    assert server.active_workers[0].task_id == info.id
+    assert agent.stop() == 0
+    assert inspector.servers() == []
+
+
+def test_second_signal_cuts_the_drain_short_and_still_requeues(start_agent, client, r):
+    agent = start_agent(shutdown_timeout="60s")
+    info = client.enqueue("sleep", {"seconds": 30})
+    wait_until(lambda: r.llen(keys.active("default")) == 1)
+    began = time.monotonic()
+    agent.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(20) == 0
+    assert time.monotonic() - began < 15
+    assert r.lrange(keys.pending("default"), 0, -1) == [info.id.encode()]
+    assert client.get_task("default", info.id).retried == 0
+
+
+def test_sigtstp_stops_taking_new_tasks(start_agent, client, r):
+    agent = start_agent()
+    agent.signal(signal.SIGTSTP)
+    wait_until(lambda: agent.get("/status").json()["state"] == "paused")
+    info = client.enqueue("stamp", {})
+    time.sleep(1.5)
+    assert client.get_task("default", info.id).state == "pending"
+    assert agent.get("/readyz").status_code == 503
