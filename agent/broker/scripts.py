@@ -23,6 +23,8 @@ SCRIPT_NAMES = (
     "write_server_state",
     "clear_server_state",
     "reconcile",
+    "done_many",
+    "complete_many",
 )
 
 

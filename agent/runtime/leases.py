@@ -93,16 +93,20 @@ class LeaseKeeper:
         replies = pipe.execute()
         for (_queue, tasks), scores in zip(by_queue.items(), replies[1::2], strict=True):
             for task, score in zip(tasks, scores, strict=True):
-                if score is None:  # recovered (or deleted) by someone else
-                    task.lease_expiry = 0
-                    self._lost(task)
-                else:
+                if score is not None:
                     task.lease_expiry = expiry
                     self.extensions += 1
+                elif self._holds(task):  # still ours, yet gone from the lease set: recovered elsewhere
+                    task.lease_expiry = 0
+                    self._lost(task)
+                # else: it finished (its outcome removed the lease) while we were renewing
+
+    def _holds(self, task: DequeuedTask) -> bool:
+        with self._lock:
+            return self._tasks.get(task.id) is task
 
     def _lost(self, task: DequeuedTask) -> None:
+        """Tell the processor; it logs and counts the loss if the task was still running."""
         self.remove(task)
         self.losses += 1
-        log.warning("lost the lease of task %s in queue %s; its outcome will not be written",
-                    task.id, task.queue)
         self.on_lost(task)

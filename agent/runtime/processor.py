@@ -301,8 +301,10 @@ class Processor:
     def abandon(self, task: DequeuedTask) -> None:
         """The lease is lost: stop waiting for the task and write nothing for it."""
         entry = self.in_flight.get(task.id)
-        if entry is not None and entry.task is task:
-            entry.interrupt("abandoned")
+        if entry is not None and entry.task is task and entry.interrupt("abandoned"):
+            self.observer.lease_lost(task)
+            log.warning("lost the lease of task %s in queue %s (recovered elsewhere?); its outcome "
+                        "will not be written", task.id, task.queue)
 
     def stop_fetching(self) -> None:
         self.fetching = False
