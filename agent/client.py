@@ -51,11 +51,11 @@ class Client:
     """Synchronous producer client."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, redis_client=None, **redis_kwargs) -> None:
-        import redis
-
+        from agent.broker.connection import sync_client
         from agent.broker.scripts import Scripts
 
-        self.redis = redis_client or redis.Redis.from_url(url, **redis_kwargs)
+        # Any connection URL: redis://, rediss://, unix://, redis+cluster://, redis+sentinel://
+        self.redis = redis_client or sync_client(url, **redis_kwargs)
         self._scripts = Scripts(self.redis)
         self._queues: set[str] = set()
 
@@ -135,11 +135,10 @@ class AsyncClient:
     """asyncio producer client with the same methods as ``Client`` (awaitable)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, redis_client=None, **redis_kwargs) -> None:
-        import redis.asyncio as aioredis
-
         from agent.broker import Broker
+        from agent.broker.connection import async_client
 
-        self.broker = Broker(redis_client or aioredis.Redis.from_url(url, **redis_kwargs))
+        self.broker = Broker(redis_client or async_client(url, **redis_kwargs))
 
     async def __aenter__(self) -> AsyncClient:
         return self
