@@ -79,8 +79,17 @@ def failed_total(queue: str) -> str:
     return f"asynq:{{{queue}}}:failed"
 
 
+_DAY_SECONDS = 86_400
+_date_cache: tuple[int, str] = (-1, "")
+
+
 def utc_date(unix_seconds: float | None = None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if unix_seconds is None else unix_seconds))
+    """The UTC date of a Unix time (now by default), as asynq's daily stats keys use it."""
+    global _date_cache
+    day = int(time.time() if unix_seconds is None else unix_seconds) // _DAY_SECONDS
+    if _date_cache[0] != day:
+        _date_cache = (day, time.strftime("%Y-%m-%d", time.gmtime(day * _DAY_SECONDS)))
+    return _date_cache[1]
 
 
 def processed_day(queue: str, unix_seconds: float | None = None) -> str:

@@ -114,6 +114,7 @@ class Child:
         self._cancelled: set[str] = set()
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
+        self._outbox: list[bytes] = []
         self._stdout = LineSplitter(spec.line_limit)
         self._stderr = LineSplitter(STDERR_LINE_LIMIT)
         self._stdout_eof = asyncio.Event()
@@ -214,9 +215,11 @@ class Child:
                 max(delay, 0.0), self._deadline_passed, request, time.time()
             )
         assert self._stdin is not None
-        self._stdin.write(encode_request(request))
         if self.one_shot:
+            self._stdin.write(encode_request(request))
             self._stdin.close()  # flushes, then closes: the child sees end of input
+        else:
+            self._send(encode_request(request))
         limit = self.spec.max_tasks_per_child
         if limit and not self.one_shot and self.tasks_started >= limit:
             self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
@@ -244,8 +247,21 @@ class Child:
             return False
         if self._stdin.is_closing():
             return False
-        self._stdin.write(encode_cancel(task_id))
+        self._send(encode_cancel(task_id))
         return True
+
+    def _send(self, line: bytes) -> None:
+        """Queue a line for the child; all lines of one event-loop turn go in one write."""
+        self._outbox.append(line)
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        if not self._outbox:
+            return
+        data, self._outbox = b"".join(self._outbox), []
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(data)
 
     def _deadline_passed(self, request: TaskRequest, sent_at: float) -> None:
         future = self._pending.pop(request.task_id, None)
@@ -312,6 +328,7 @@ class Child:
                 return  # still spawning: start() stops it as soon as it exists
             self._signal(signal.SIGTERM)
             if self._stdin is not None:
+                self._flush_outbox()
                 self._stdin.close()
         if self._transport is None:
             return
