@@ -46,6 +46,7 @@ output_log = logging.getLogger("agent.child")
 STDERR_LINE_LIMIT = 64 * 1024
 _STDERR_LINES_IN_ERRORS = 10
 _EXIT_DRAIN_SECONDS = 2.0  # after exit, how long the last output may take to arrive
+DEADLINE_SWEEP = 0.25  # seconds between checks for tasks past their deadline
 
 
 class ChildStartupError(Exception):
@@ -110,7 +111,9 @@ class Child:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pending: dict[str, asyncio.Future[Outcome]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # task id -> (request, sent at); checked by one sweep timer, not a timer per task
+        self._deadlines: dict[str, tuple[TaskRequest, float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
         self._cancelled: set[str] = set()
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
@@ -210,10 +213,9 @@ class Child:
         self._idle.clear()
         self.tasks_started += 1
         if request.deadline is not None:
-            delay = request.deadline + self.spec.deadline_grace - time.time()
-            self._timers[task_id] = loop.call_later(
-                max(delay, 0.0), self._deadline_passed, request, time.time()
-            )
+            self._deadlines[task_id] = (request, time.time())
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(DEADLINE_SWEEP, self._sweep_deadlines)
         assert self._stdin is not None
         if self.one_shot:
             self._stdin.write(encode_request(request))
@@ -263,9 +265,19 @@ class Child:
         if self._stdin is not None and not self._stdin.is_closing():
             self._stdin.write(data)
 
+    def _sweep_deadlines(self) -> None:
+        """Every DEADLINE_SWEEP seconds while tasks with deadlines are in flight: fail the
+        ones past ``deadline + deadline_grace``."""
+        self._sweeper = None
+        limit = time.time() - self.spec.deadline_grace
+        for request, sent_at in [v for v in self._deadlines.values() if v[0].deadline <= limit]:
+            self._deadline_passed(request, sent_at)
+        if self._deadlines and self.exit is None:
+            self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
+
     def _deadline_passed(self, request: TaskRequest, sent_at: float) -> None:
         future = self._pending.pop(request.task_id, None)
-        self._timers.pop(request.task_id, None)
+        self._deadlines.pop(request.task_id, None)
         if future is None:
             return
         self._task_finished(request.task_id)
@@ -288,9 +300,7 @@ class Child:
 
     def _task_finished(self, task_id: str) -> None:
         self.tasks_done += 1
-        timer = self._timers.pop(task_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._deadlines.pop(task_id, None)
         self._cancelled.discard(task_id)
         if not self._pending:
             self._idle.set()
@@ -539,9 +549,10 @@ class Child:
                 )
             )
         pending, self._pending = self._pending, {}
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        self._deadlines.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task_id, future in pending.items():
             if future.done():
                 continue

@@ -26,7 +26,8 @@ from agent.runtime.wakeup import QueueWaiters, WorkSignal
 log = logging.getLogger("agent.runtime")
 
 CANCELED_ERROR = "context canceled"
-DRAINED_MEMORY = 0.05  # seconds a queue found empty is left out of weighted allocation
+DRAINED_MEMORY = 0.05
+GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load  # seconds a queue found empty is left out of weighted allocation
 DEADLINE_ERROR = "context deadline exceeded"
 
 
@@ -91,6 +92,9 @@ class Processor:
         self._paused_checked = 0.0
         self._drained: set[str] = set()
         self._drained_at = 0.0
+        self._min_fetch = max(1, min(batch, concurrency // 8))
+        self._took_last = False
+        self._waited_for_slots = False
         self._rng = random.Random()
 
     # -- fetch loop ---------------------------------------------------------------------
@@ -122,14 +126,19 @@ class Processor:
 
     async def _step(self) -> None:
         free = self.concurrency - len(self.in_flight)
-        if free <= 0:
+        if free <= 0 or (free < self._min_fetch and self._took_last and not self._waited_for_slots):
+            # Under load, let a few slots free up so one round trip takes several tasks; a
+            # short wait at most, and never when idle (then every slot is free anyway).
             self._slot_freed.clear()
-            await self._wait_or_stop(self._slot_freed.wait(), 1.0)
+            self._waited_for_slots = free > 0
+            await self._wait_or_stop(self._slot_freed.wait(), 1.0 if free <= 0 else GATHER_SLOTS)
             return
+        self._waited_for_slots = False
         if time.monotonic() - self._paused_checked > 1.0:
             await self._refresh_paused()
         queues = self.eligible()
         took = await self._fetch(queues, free) if queues else 0
+        self._took_last = took > 0
         if took or not self.fetching:
             return
         await self._refresh_paused()
