@@ -58,6 +58,23 @@ class ExpiredLease:
     raw: bytes | None
 
 
+def _decode_found(raw: bytes, task_id: str, queue: str) -> tuple[TaskMessage | None, str]:
+    """Decode the message of a task found under ``queue``/``task_id``.
+
+    A message that names another ID or queue is treated as undecodable: the outcome scripts
+    address keys by the message's queue and ID, so trusting it would leave the task active
+    forever (every write NOT FOUND, recovery too). It is archived with the reason instead.
+    """
+    try:
+        message = decode_task_message(raw)
+    except MessageDecodeError as exc:
+        return None, str(exc)
+    if message.id != task_id or message.queue != queue:
+        return None, (f"invalid asynq TaskMessage: it names task {message.id!r} of queue "
+                      f"{message.queue!r} but was found as task {task_id!r} of queue {queue!r}")
+    return message, ""
+
+
 def _raise_for_enqueue(code: int, result: EnqueueResult) -> EnqueueResult:
     if code == 1:
         return result
@@ -167,10 +184,7 @@ class Broker:
             if raw is None:
                 orphans.append(task_id)
                 continue
-            try:
-                message, error = decode_task_message(raw), ""
-            except MessageDecodeError as exc:
-                message, error = None, str(exc)
+            message, error = _decode_found(raw, task_id, queue)
             tasks.append(DequeuedTask(task_id, queue, raw, message, expiry, error, now))
         return tasks
 
@@ -284,10 +298,7 @@ class Broker:
             if expired.raw is None:
                 counts["orphans"] += await self.drop_orphan(queue, expired.id)
                 continue
-            try:
-                message, error = decode_task_message(expired.raw), ""
-            except MessageDecodeError as exc:
-                message, error = None, str(exc)
+            message, error = _decode_found(expired.raw, expired.id, queue)
             # The lease is gone by definition; write as its new owner for this one step.
             task = DequeuedTask(expired.id, queue, expired.raw, message, int(time.time()) + 5, error)
             try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from agent.broker import Broker, connection
@@ -77,7 +77,13 @@ class Agent:
         self.redis = connection.async_client(settings.redis_url, **common)
         # Blocking waits need a socket timeout above their own block time.
         self.waiter_redis = connection.async_client(settings.redis_url, **common)
-        self.lease_redis = connection.sync_client(settings.redis_url, **common)
+        # The lease thread renews every few seconds on its own: a call must fail fast rather than
+        # retry inside redis-py, whose nested retries (command x reconnect x health check) held
+        # a renewal for minutes on a stalled network, long past the 30 s lease.
+        lease_timeout = min(settings.socket_timeout, 5.0)
+        self.lease_redis = connection.sync_client(settings.redis_url, **{
+            **common, "retry": Retry(NoBackoff(), 0), "health_check_interval": 0,
+            "socket_timeout": lease_timeout, "socket_connect_timeout": lease_timeout})
         self.broker = Broker(self.redis)
 
         self.signal = WorkSignal()
