@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from agent.broker.plans import ScriptCall
-from agent.broker.scripts import source
+from agent.broker.scripts import fenced, source
 
 
 class ScriptBatcher:
@@ -75,14 +76,14 @@ class ScriptBatcher:
         return out
 
     async def _execute(self, calls: Sequence[ScriptCall]) -> list:
-        for name in {c.script for c in calls}:
+        for name in {fenced(c)[0] for c in calls}:
             await self._sha(name)
         results = await self._pipeline(calls)
         if any(isinstance(r, NoScriptError) for r in results):
             # Redis lost its script cache (restart, SCRIPT FLUSH): load again, redo those.
             self._shas.clear()
             redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            for name in {calls[i].script for i in redo}:
+            for name in {fenced(calls[i])[0] for i in redo}:
                 await self._sha(name)
             again = await self._pipeline([calls[i] for i in redo])
             for i, result in zip(redo, again, strict=True):
@@ -92,7 +93,8 @@ class ScriptBatcher:
     async def _pipeline(self, calls: Sequence[ScriptCall]) -> list:
         async with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
+                script, args = fenced(call)
+                pipe.evalsha(self._shas[script], len(call.keys), *call.keys, *args)
             return await pipe.execute(raise_on_error=False)
 
 
@@ -126,6 +128,16 @@ def _merge_successes(calls: Sequence[ScriptCall]) -> tuple[list[ScriptCall], lis
 
 
 def _merged_call(script: str, calls: list[ScriptCall]) -> ScriptCall:
+    return replace(_merged(script, calls), fence=_earliest_fence(calls))
+
+
+def _earliest_fence(calls: list[ScriptCall]) -> int | None:
+    """A merged write is fenced by the earliest lease deadline among its tasks."""
+    fences = [c.fence for c in calls]
+    return None if any(f is None for f in fences) else min(f for f in fences if f is not None)
+
+
+def _merged(script: str, calls: list[ScriptCall]) -> ScriptCall:
     first = calls[0]
     if script == "done":
         # done: keys active, lease, task, day, total[, unique]; args id, expiry, maxint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -27,7 +27,7 @@ from agent.broker.messages import (
 )
 from agent.broker.options import EnqueueOptions, EnqueueResult
 from agent.broker.plans import LEASE_EXPIRED_ERROR, LEASE_SECONDS, ScriptCall
-from agent.broker.scripts import Scripts
+from agent.broker.scripts import Scripts, fenced
 from agent.broker.taskinfo import TaskInfo, task_info_from_hash
 
 
@@ -56,6 +56,11 @@ class ExpiredLease:
     id: str
     queue: str
     raw: bytes | None
+
+
+#: Seconds past a writer's lease deadline that Redis still accepts its outcome (clock skew
+#: between agents and Redis); well under the 30 s after which other agents recover a task.
+LEASE_FENCE_GRACE = 10
 
 
 def _decode_found(raw: bytes, task_id: str, queue: str) -> tuple[TaskMessage | None, str]:
@@ -105,7 +110,8 @@ class Broker:
         await self.redis.aclose()
 
     def _run(self, call: ScriptCall, client=None):
-        return getattr(self.scripts, call.script)(keys=call.keys, args=call.args, client=client)
+        script, args = fenced(call)
+        return getattr(self.scripts, script)(keys=call.keys, args=args, client=client)
 
     # -- producer side ------------------------------------------------------------------
 
@@ -205,6 +211,10 @@ class Broker:
 
     async def _write_outcome(self, task: DequeuedTask, call: ScriptCall) -> None:
         self._check_lease(task)
+        # Fenced: Redis refuses the write if it arrives after our lease (plus a grace for clock
+        # skew) -- a command delayed by a network stall must not finish a task that another
+        # agent recovered meanwhile (recovery starts 30 s after the lease, see recover_expired).
+        call = replace(call, fence=int(task.lease_expiry) + LEASE_FENCE_GRACE)
         try:
             if self._batcher is not None:
                 await self._batcher.run(call)
@@ -213,6 +223,8 @@ class Broker:
         except ResponseError as exc:
             if "NOT FOUND" in str(exc):
                 raise TaskNotFoundError(task.queue, task.id, "no longer active (recovered elsewhere?)") from exc
+            if "LEASE EXPIRED" in str(exc):
+                raise LeaseLostError(task.queue, task.id) from exc
             raise
 
     def _message(self, task: DequeuedTask) -> TaskMessage:

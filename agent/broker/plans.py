@@ -26,6 +26,7 @@ class ScriptCall:
     script: str  # name of a script in agent/broker/lua
     keys: list[str]
     args: list
+    fence: int | None = None  # lease deadline (unix s): Redis refuses the write after it (lease_fence.lua)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,16 @@ SCRIPT_NAMES = (
 )
 
 
+#: Outcome scripts that also exist fenced: ``<name>+fenced`` runs lease_fence.lua first and
+#: takes the writer's lease deadline as an extra first argument (see Broker._write_outcome).
+FENCED = ("done", "mark_complete", "retry", "archive", "requeue", "done_many", "complete_many")
+FENCED_SUFFIX = "+fenced"
+
+
 @cache
 def source(name: str) -> str:
+    if name.endswith(FENCED_SUFFIX):
+        return source("lease_fence") + "\n" + source(name.removesuffix(FENCED_SUFFIX))
     return resources.files("agent.broker").joinpath("lua", f"{name}.lua").read_text()
 
 
@@ -43,3 +51,13 @@ class Scripts:
     def __init__(self, client) -> None:
         for name in SCRIPT_NAMES:
             setattr(self, name, client.register_script(source(name)))
+        for name in FENCED:
+            setattr(self, name + FENCED_SUFFIX, client.register_script(source(name + FENCED_SUFFIX)))
+
+
+def fenced(call) -> tuple[str, list]:
+    """The script name and arguments to send for a ``ScriptCall``: its fenced variant, with the
+    deadline as first argument, when ``call.fence`` is set."""
+    if getattr(call, "fence", None) is None:
+        return call.script, list(call.args)
+    return call.script + FENCED_SUFFIX, [call.fence, *call.args]
