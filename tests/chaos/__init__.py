@@ -1,0 +1,1 @@
+"""Chaos suite: agents killed, children crashing, Redis restarted, the network stalled."""
