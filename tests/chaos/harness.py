@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -290,13 +288,3 @@ def publish(report: Report) -> None:
         with open(target, "a") as out:
             out.write(json.dumps(asdict(report)) + "\n")
     print("\n" + table([report]))
-
-
-def signal_pid(pid: int, sig: int = signal.SIGTERM) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
