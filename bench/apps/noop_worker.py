@@ -1,0 +1,20 @@
+"""Benchmark task code with async handlers: no-op handlers that return a small dict.
+
+Run by the agent under test as ``python noop_worker.py`` (long_running) in a child process.
+"""
+
+from task_sdk import run, task
+
+
+@task("noop")
+async def noop(payload):
+    return {"ok": True}
+
+
+@task("size")
+async def size(payload):
+    return {"bytes": len(payload.get("blob", "")) if isinstance(payload, dict) else len(payload)}
+
+
+if __name__ == "__main__":
+    run()

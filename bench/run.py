@@ -1,0 +1,312 @@
+"""The benchmark suite, one command: ``python -m bench [--quick | --smoke] [options]``.
+
+Starts its own redis-server, measures the agent (drains at concurrency 10 and 128, idle CPU
+and latency, scale runs, one_shot), the floor (the same Lua scripts with no agent) and the
+peers (Dramatiq, arq, installed into bench/.venv-peers), prints tables and writes
+bench/results/bench-<time>-<mode>.json. Every process it starts is stopped on the way out,
+Ctrl-C included. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
+from bench import agent_runs, floor, micro, peers, profiling, report  # noqa: E402
+from bench.agent_runs import AgentSetup, Harness  # noqa: E402
+from bench.measure import code_identity, machine  # noqa: E402
+from bench.procs import Processes, signals_as_interrupt, uninterruptible  # noqa: E402
+from bench.workload import enqueue_single  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+SYNC_APP = "python noop_sync_worker.py"
+ASYNC_APP = "python noop_worker.py"
+
+SIZES = {
+    # CI: proves every section still runs; the figures mean little
+    "smoke": dict(single=300, c10=2_000, c128=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
+                  pending=5_000, queues50=5_000, big=100, one_shot=20, startup_reps=3),
+    # under ~3 minutes on a 2-core machine (plus the peers' virtualenv on the first run)
+    "quick": dict(single=3_000, c10=20_000, c128=60_000, latency=60, idle=3.0, floor=60_000,
+                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100,
+                  startup_reps=5),
+    # the README figures
+    "full": dict(single=10_000, c10=100_000, c128=300_000, latency=200, idle=10.0, floor=300_000,
+                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500,
+                 startup_reps=10),
+}
+SECTIONS = ("enqueue", "drain_c10", "drain_c128", "drain_c128_async", "floor", "peers",
+            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
+            "micro", "profile")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick",
+                      help="smaller N: under ~3 minutes on a 2-core machine")
+    mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke",
+                      help="tiny N and no peers: checks that every section still runs (CI)")
+    p.set_defaults(mode="full")
+    p.add_argument("--pending", type=int, help="N of the many-pending scale run (full: 1,000,000)")
+    p.add_argument("--n", type=int, help="N of the c=128 drains (and the floor)")
+    p.add_argument("--no-peers", action="store_true", help="skip Dramatiq and arq")
+    p.add_argument("--profile", choices=("py-spy", "cprofile"),
+                   help="add a profiled c=128 drain (py-spy from the peers' venv, or cProfile)")
+    p.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    p.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/...)")
+    p.add_argument("--markdown", type=Path, metavar="RESULTS_JSON",
+                   help="print the README's tables for an earlier run's JSON, and exit")
+    return p.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    wanted = list(SECTIONS)
+    if args.only:
+        names = [s.strip() for s in args.only.split(",") if s.strip()]
+        unknown = [s for s in names if s not in SECTIONS]
+        if unknown:
+            raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+        wanted = [s for s in SECTIONS if s in names]
+    if args.no_peers or args.mode == "smoke":
+        wanted = [s for s in wanted if s != "peers"]
+    if not args.profile:
+        wanted = [s for s in wanted if s != "profile"]
+    if args.mode != "full" and not args.only:
+        wanted = [s for s in wanted if s != "scale_queues_parents"]
+    return wanted
+
+
+def redis_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "redis-server ?"
+    version = next((t[2:] for t in out.split() if t.startswith("v=")), "?")
+    return f"redis-server {version}"
+
+
+class Suite:
+    def __init__(self, h: Harness, args: argparse.Namespace, sizes: dict, results: dict) -> None:
+        self.h, self.args, self.sizes, self.results = h, args, sizes, results
+        self.runs = results["runs"]
+
+    def run(self, section: str) -> None:
+        print(f"-- {section} ...", flush=True)
+        t0 = time.monotonic()
+        try:
+            getattr(self, section)()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+            self.results["errors"][section] = f"{type(exc).__name__}: {exc}"
+            (self.h.logdir / f"error-{section}.txt").write_text(traceback.format_exc())
+            print(f"   {section} failed: {exc}", flush=True)
+        print(f"   {section} done in {time.monotonic() - t0:.1f}s", flush=True)
+
+    def _drain(self, name: str, n: int, concurrency: int, app: str = SYNC_APP, **kw):
+        queues = kw.pop("queues", [("bench", 1)])
+        mode = kw.pop("mode", "long_running")
+        setup = AgentSetup(queues, concurrency, mode=mode, startup_cmd=app)
+        return agent_runs.drain(self.h, name, n=n, setup=setup, **kw)
+
+    def enqueue(self) -> None:
+        r = self.h.redis()
+        r.flushall()
+        n = self.sizes["single"]
+        seconds = enqueue_single(self.h.redis_url, n, "scratch", "noop")
+        r.flushall()
+        r.close()
+        self.runs["enqueue"] = {"single_n": n, "single_per_s": round(n / seconds, 1), "batch": 1000}
+
+    def drain_c10(self) -> None:
+        self.runs["drain_c10"], _ = self._drain("c10", self.sizes["c10"], 10)
+
+    def drain_c128(self) -> None:
+        n = self.args.n or self.sizes["c128"]
+        result, agent = self._drain("c128", n, 128, keep_agent=True)
+        self.runs["drain_c128"] = result
+        self.runs.setdefault("enqueue", {})["batched_per_s"] = result["enqueue_per_s"]
+        self.runs["enqueue"]["batched_n"] = n
+        self.runs["enqueue"].setdefault("batch", 1000)
+        assert agent is not None
+        try:
+            self.runs["idle_latency"] = agent_runs.idle_and_latency(
+                self.h, agent, "bench", self.sizes["latency"], self.sizes["idle"])
+        finally:
+            code = agent.stop()
+            self.runs["drain_c128"]["agent_exit_code"] = code
+
+    def drain_c128_async(self) -> None:
+        n = self.args.n or self.sizes["c128"]
+        self.runs["drain_c128_async"], _ = self._drain("c128-async", n, 128, app=ASYNC_APP)
+
+    def floor(self) -> None:
+        n = self.args.n or self.sizes["floor"]
+        variants = floor.VARIANTS if floor.has_done_many() else ("done",)
+        out: dict = {v: floor.run_floor(self.h, n=n, variant=v) for v in variants}
+        # the floor of the Redis layout: the best variant without a child
+        best = max((v for v in out if v != "child"), key=lambda k: out[k]["tasks_per_s"])
+        out["best"] = {"variant": best, "tasks_per_s": out[best]["tasks_per_s"]}
+        self.runs["floor"] = out
+
+    def peers(self) -> None:
+        versions = peers.ensure_venv(self.h.logdir / "peers-pip.log")
+        self.results["meta"]["peer_versions"] = versions
+        n = self.sizes["peers"]
+        out: dict = {}
+        self.runs["peers"] = out
+        for name, fn in (("dramatiq", lambda: peers.run_dramatiq(self.h, n)),
+                         ("arq", lambda: peers.run_arq(self.h, n, poll_delay=0.05))):
+            try:
+                out[name] = fn()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                self.results["errors"][f"peers.{name}"] = out[name]["error"]
+
+    def scale_pending(self) -> None:
+        n = self.args.pending or self.sizes["pending"]
+        result, _ = self._drain("pending", n, 128, enqueue_procs=2)
+        self.runs["scale_pending"] = result
+
+    def scale_queues(self) -> None:
+        # 50 weighted sub-queues of one parent queue: one deployment and one child, as in
+        # the single-queue run, so the figure isolates dequeueing across 50 queues.
+        queues = [(f"bench.q{i:02d}", 1 + i % 10) for i in range(50)]
+        result, _ = self._drain("queues50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
+        result["weights"] = "sub-queues bench.q00..bench.q49 of one parent, weight 1 + i % 10"
+        self.runs["scale_queues"] = result
+
+    def scale_queues_parents(self) -> None:
+        # the same 50 queues as separate parent queues: one child pool (one child) each
+        queues = [(f"p{i:02d}", 1 + i % 10) for i in range(50)]
+        result, _ = self._drain("parents50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
+        result["weights"] = "parent queues p00..p49 (a child each), weight 1 + i % 10"
+        self.runs["scale_queues_parents"] = result
+
+    def scale_payload(self) -> None:
+        result, _ = self._drain("payload", self.sizes["big"], 128, task_type="size", kind="big", min_rate=50)
+        result["mb_per_s"] = round(result["tasks_per_s"] * 100_000 / 1e6, 1) if result["tasks_per_s"] else None
+        self.runs["scale_payload"] = result
+
+    def one_shot(self) -> None:
+        startup = agent_runs.startup_costs(self.sizes["startup_reps"])
+        result, _ = self._drain("one-shot", self.sizes["one_shot"], 10, app=SYNC_APP + " --once",
+                                mode="one_shot", min_rate=5)
+        result["startup"] = startup
+        self.runs["one_shot"] = result
+
+    def micro(self) -> None:
+        self.runs["micro"] = micro.run_micro()
+
+    def profile(self) -> None:
+        # long enough for a few thousand samples: about 10 s of draining
+        expected = (self.runs.get("drain_c128") or {}).get("tasks_per_s") or 20_000
+        n = self.args.n or min(1_000_000, max(self.sizes["c128"], int(expected * 10)))
+        seconds = min(30.0, max(2.0, n / expected))
+        out: dict = {"tool": self.args.profile, "n": n}
+        if self.args.profile == "cprofile":
+            self.h.profile_with = "cprofile"
+            try:
+                result, _ = self._drain("c128-cprofile", n, 128)
+            finally:
+                self.h.profile_with = ""
+            out["drain_under_profiler"] = result
+            out["agent"] = profiling.summarize_pstats(self.h.logdir / "agent-c128-cprofile.pstats")
+            self.runs["profile"] = out
+            return
+        binary = peers.py_spy()
+        if binary is None:
+            peers.ensure_venv(self.h.logdir / "peers-pip.log")
+            binary = peers.py_spy()
+        if binary is None:
+            raise RuntimeError("py-spy is not installed in bench/.venv-peers; try --profile cprofile")
+        spies: dict = {}
+
+        def attach(agent) -> None:
+            spies["agent"] = profiling.Spy(self.h, binary, agent.pid, "agent", seconds)
+            children = agent.children()
+            if children:
+                spies["child"] = profiling.Spy(self.h, binary, children[0].pid, "child", seconds)
+
+        try:
+            result, _ = self._drain("c128-py-spy", n, 128, on_running=attach)
+            out["drain_under_profiler"] = result
+        finally:
+            for who, spy in spies.items():
+                out[who] = spy.finish()
+        self.runs["profile"] = out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.markdown:
+        print(report.markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
+    sections = plan(args)
+    sizes = dict(SIZES[args.mode])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    output = args.output or RESULTS / f"bench-{stamp}-{args.mode}.json"
+    logdir = output.with_name(output.stem + "-logs")
+    logdir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "mode": args.mode, "sizes": sizes,
+                 "sections": sections, "machine": machine(), "code": code_identity(),
+                 "load_average_before": [round(x, 2) for x in os.getloadavg()]},
+        "runs": {}, "errors": {},
+    }
+    procs = Processes()
+    redis = LocalRedis()
+    workdir = Path(tempfile.mkdtemp(prefix="rundown-bench-"))
+    interrupted = False
+    t0 = time.monotonic()
+    try:
+        with signals_as_interrupt():
+            binary = find_redis_server()
+            results["meta"]["redis_server"] = redis_version(binary)
+            redis.binary = binary
+            redis.start()
+            assert redis.process is not None
+            results["meta"]["redis_port"] = redis.port
+            h = Harness(procs, redis.url, redis.process.pid, workdir, logdir)
+            suite = Suite(h, args, sizes, results)
+            for section in sections:
+                suite.run(section)
+    except KeyboardInterrupt:
+        interrupted = True
+        results["interrupted"] = True
+        print("\ninterrupted: stopping every process the suite started ...", file=sys.stderr, flush=True)
+    finally:
+        with uninterruptible():
+            procs.stop_all()
+            redis.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["meta"]["seconds"] = round(time.monotonic() - t0, 1)
+    results["meta"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["ratios"] = report.ratios(results)
+    results["targets"] = report.targets(results)
+    report.write_json(results, output)
+    report.print_report(results)
+    print(f"\nresults: {output}\nlogs:    {logdir}")
+    if interrupted:
+        return 130
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
