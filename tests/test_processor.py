@@ -218,3 +218,19 @@ async def test_weighted_and_strict_order_over_a_backlog(redis_url, r, strict):
         assert first == {"critical": 300}
     else:
         assert abs(first["critical"] / 300 - 0.6) < 0.1 and first["low"] < 60, first
+
+
+async def test_many_queues_take_whole_batches_in_weighted_odds(redis_url, r):
+    order: list[str] = []
+
+    async def record(payload, task):
+        order.append(task.queue)
+
+    weights = {"q0": 5, **{f"q{i}": 1 for i in range(1, 6)}}
+    h = Harness(redis_url, weights, InlineExecutor({}, default=record), concurrency=16)
+    await h.broker.enqueue_many([("t", b"", EnqueueOptions(queue=q)) for q in weights
+                                 for _ in range(2000 if q == "q0" else 600)])
+    async with h:
+        await wait_for(lambda: len(order) >= 2000, timeout=60)
+    share = Counter(order[:2000])["q0"] / 2000  # every queue still has a backlog here
+    assert abs(share - 0.5) < 0.1, share

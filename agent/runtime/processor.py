@@ -27,6 +27,7 @@ log = logging.getLogger("agent.runtime")
 
 CANCELED_ERROR = "context canceled"
 DRAINED_MEMORY = 0.05
+SPREAD_MAX_QUEUES = 4  # up to this many queues, a fetch spreads its slots over them by weight
 GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load  # seconds a queue found empty is left out of weighted allocation
 DEADLINE_ERROR = "context deadline exceeded"
 
@@ -177,7 +178,13 @@ class Processor:
                 if time.monotonic() - self._drained_at > DRAINED_MEMORY:
                     self._drained.clear()
                 candidates = [q for q in queues if q not in self._drained] or queues
-                counts = self._allocate(candidates, want)
+                if len(candidates) > SPREAD_MAX_QUEUES:
+                    # Many queues: one queue per round trip, drawn by weight (asynq's odds
+                    # per dequeue), taking a whole batch, rather than one ID from each.
+                    first = candidates[0]  # eligible() lists them in weighted order already
+                    counts = {first: self._room(first, want)}
+                else:
+                    counts = self._allocate(candidates, want)
                 tasks, orphans, taken = await self.broker.dequeue_counts(counts)
                 for queue, n in taken.items():
                     if n:
