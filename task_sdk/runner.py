@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -16,9 +15,12 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 from . import registry
 from .channel import ProtocolChannel, protocol_channel
@@ -92,7 +94,10 @@ def _serve(*, once: bool) -> None:
     channel = protocol_channel()
     server = _Server(channel, once=once)
     try:
-        asyncio.run(server.serve())
+        if not server.serve_inline():
+            import asyncio  # only now: importing it costs a short-lived child ~25 ms
+
+            asyncio.run(server.serve())
     except StartupError as exc:
         _report_startup_error(channel, str(exc))
         raise SystemExit(1) from None
@@ -121,7 +126,7 @@ class _Server:
         self.once = once
         self.ctx: Any = None
         self.settings: Settings | None = None
-        self.inbox: asyncio.Queue[object] = asyncio.Queue()
+        self.inbox: asyncio.Queue[object] | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancel_requested: set[str] = set()
         self.in_threads: set[str] = set()  # tasks whose sync handler is running in a thread
@@ -131,11 +136,24 @@ class _Server:
 
     # -- start-up -------------------------------------------------------------------------
 
+    def serve_inline(self) -> bool:
+        """Serve on this thread without asyncio when the handlers allow it (see
+        ``_inline_possible``); False when the asyncio server is needed instead."""
+        self.settings = Settings.from_env()
+        self._check_handlers()
+        loader = registry.loader()
+        if not self._inline_possible() or (loader is not None and inspect.iscoroutinefunction(loader)):
+            return False
+        self._load(lambda value: _run_coroutine(value))
+        self._announce()
+        self._serve_inline()
+        return True
+
     async def serve(self) -> None:
+        import asyncio
+
+        self.inbox = asyncio.Queue()
         await self._start()
-        if self._inline_possible():
-            self._serve_inline()
-            return
         loop = asyncio.get_running_loop()
         # Not possible off the main thread or without signals; then SIGTERM simply ends us.
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -149,13 +167,47 @@ class _Server:
             if self.executor is not None:
                 self.executor.shutdown(wait=False)
 
-    async def _start(self) -> None:
-        self.settings = Settings.from_env()
-        handlers = registry.handlers()
-        if not handlers:
+    def _check_handlers(self) -> None:
+        if not registry.handlers():
             raise StartupError(
                 "no task handler registered: decorate a function with @task before calling run()"
             )
+
+    def _load(self, resolve: Any) -> Any:
+        """Run ``@load``; ``resolve`` turns an awaitable it returned into its value."""
+        loader = registry.loader()
+        if loader is None:
+            return None
+        try:
+            value = loader()
+            if inspect.isawaitable(value):
+                value = resolve(value)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            raise StartupError(_exception_line(exc)) from exc
+        self.ctx = value
+        return value
+
+    def _announce(self) -> None:
+        assert self.settings is not None
+        self.channel.send(
+            {
+                "status": "ready",
+                "protocol": PROTOCOL_VERSION,
+                "task_types": sorted(registry.handlers()),
+                "max_in_flight": self.settings.max_in_flight,
+                "sync_threads": self.settings.sync_threads,
+                "pid": os.getpid(),
+            }
+        )
+        self.channel.ready_sent = True
+
+    async def _start(self) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.settings = Settings.from_env()
+        self._check_handlers()
         loader = registry.loader()
         if loader is not None:
             try:
@@ -169,22 +221,11 @@ class _Server:
         # The agent decides how many tasks a child holds; sync handlers beyond the thread
         # count wait here for a thread. Keeping a few queued hides the round trip to the
         # agent, and deadlines are enforced by the agent either way.
-        limit = self.settings.max_in_flight
-        self.semaphore = asyncio.Semaphore(limit)
+        self.semaphore = asyncio.Semaphore(self.settings.max_in_flight)
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.sync_threads, thread_name_prefix="task_sdk-handler"
         )
-        self.channel.send(
-            {
-                "status": "ready",
-                "protocol": PROTOCOL_VERSION,
-                "task_types": sorted(handlers),
-                "max_in_flight": limit,
-                "sync_threads": self.settings.sync_threads,
-                "pid": os.getpid(),
-            }
-        )
-        self.channel.ready_sent = True
+        self._announce()
 
     def _read_requests(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reader thread: hand each request line to the event loop."""
@@ -215,6 +256,8 @@ class _Server:
                 self.accepting = False
 
     def _on_line(self, line: bytes) -> None:
+        import asyncio
+
         try:
             message = json.loads(line)
         except ValueError:
@@ -270,6 +313,8 @@ class _Server:
         running.cancel()
 
     async def _run_task(self, task_id: str, message: dict[str, Any]) -> None:
+        import asyncio
+
         try:
             line = await self._execute(task_id, message)
         except asyncio.CancelledError:
@@ -418,8 +463,7 @@ class _Server:
             else:
                 result = handler.func(payload)
             if inspect.isawaitable(result):  # a sync function that returned a coroutine
-                with ThreadPoolExecutor(1) as pool:  # this thread's event loop is busy
-                    result = pool.submit(asyncio.run, _awaited(result)).result()
+                result = _run_coroutine(result)
         except Exception as exc:
             return self._failure_for(task_id, ctx, started_at, exc)
         return _success_line(task_id, result)
@@ -433,6 +477,8 @@ class _Server:
         )
 
     async def _call(self, handler: registry.Handler, payload: Any, ctx: TaskContext) -> Any:
+        import asyncio
+
         if handler.ctx_mode == "positional":
             call = functools.partial(handler.func, payload, self.ctx)
         elif handler.ctx_mode == "keyword":
@@ -457,8 +503,17 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _run_coroutine(awaitable: Any) -> Any:
+    """The value of an awaitable, from synchronous code (a fresh event loop)."""
+    import asyncio
+
+    return asyncio.run(_awaited(awaitable))
+
+
 async def _with_deadline(awaitable: Any, deadline: float | None) -> Any:
     """Await ``awaitable``, cancelling it when the task's deadline passes."""
+    import asyncio
+
     if deadline is None:
         return await awaitable
     timeout = asyncio.timeout(max(deadline - time.time(), 0.0))
