@@ -1,0 +1,25 @@
+"""The benchmark suite in its reduced form, so it never rots (the figures are not judged here:
+speed targets live in the benchmark's own report, not in timed unit tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(300)
+def test_benchmark_suite_smoke_run(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(out)],
+                         capture_output=True, text=True, timeout=290)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["errors"] == []
+    for section in ("drain_c128", "floor", "enqueue"):
+        assert section in results["runs"], section
+    drain = results["runs"]["drain_c128"]
+    assert drain["tasks_per_s"] > 0 and drain["n"] > 0
+    assert "Traceback" not in run.stdout + run.stderr
