@@ -111,8 +111,12 @@ class Fleet:
         self.agents: dict[str, AgentSlot] = {}
 
     def add(self, name: str, redis_url: str, *, queues=("default",), concurrency: int = 4,
-            processes: int = 1, shutdown_timeout: str = "5s", env: dict | None = None,
+            processes: int | None = None, shutdown_timeout: str = "5s", env: dict | None = None,
             **deployment) -> AgentSlot:
+        """An agent with one child process per slot (task_sdk runs one sync handler at a time
+        per child), so ``concurrency`` tasks really run at once."""
+        processes = processes or concurrency
+        deployment.setdefault("max_in_flight_per_child", 1)
         folder = self.tmp / name
         folder.mkdir(parents=True, exist_ok=True)
         extra = {"RECORD_FILE": str(self.record), "AGENT_NAME": name, **(env or {})}
