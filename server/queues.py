@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from agent.config.model import Secret
+from agent.config.placeholders import expand_text
 from agent.logs import register_secret
 
 __all__ = ["ApiKey", "QueueDef", "QueuesFileError", "ROLES", "ServerSettings", "TaskDefaults",
@@ -32,7 +33,6 @@ MODES = ("long_running", "one_shot")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHA = re.compile(r"[0-9a-fA-F]{4,64}")
-_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DEPLOYMENT_KEYS = ("git_url", "branch", "commit", "code_path", "startup_cmd", "mode",
@@ -404,21 +404,7 @@ def _expand(data: Any, environ: Mapping[str, str], problems: list[str], path: st
         return [_expand(v, environ, problems, f"{path}[{i}]") for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
+    expanded, failures = expand_text(data, environ)
+    problems.extend(f"{path}: {failure}" for failure in failures)
+    return expanded
 
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$${":
-            return "${"
-        name, has_default, default = match.group(1).partition(":-")
-        if not _ENV_NAME.fullmatch(name):
-            problems.append(f"{path}: malformed placeholder ${{{match.group(1)}}}")
-            return ""
-        value = environ.get(name)
-        if has_default:
-            return value if value else default
-        if value is None:
-            problems.append(f"{path}: environment variable {name} is not set "
-                            f"(write ${{{name}:-default}} for a default)")
-            return ""
-        return value
-
-    return _PLACEHOLDER.sub(substitute, data)

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from agent.config.placeholders import expand_text
+
 from .errors import ConfigError, Problem
 
 __all__ = ["FAILED", "Findings", "apply_overrides", "expand_placeholders", "read_yaml"]
@@ -126,8 +128,6 @@ def _index(node: yaml.Node, path: str, findings: Findings) -> None:
             _index(item, child, findings)
 
 
-_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def expand_placeholders(data: Any, environ: Mapping[str, str], findings: Findings, path: str = "") -> Any:
@@ -147,29 +147,7 @@ def expand_placeholders(data: Any, environ: Mapping[str, str], findings: Finding
 
 
 def _expand(text: str, environ: Mapping[str, str], findings: Findings, path: str) -> Any:
-    failures: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        whole = match.group(0)
-        if whole == "$${":
-            return "${"
-        inner = match.group(1)
-        name, has_default, default = (inner or "").partition(":-")
-        if inner is None or not _VAR_NAME.fullmatch(name):
-            shown = whole if inner is not None else "${"
-            failures.append(f'malformed placeholder "{shown}": write ${{NAME}} or ${{NAME:-default}} '
-                            f'(and $${{ for a literal "${{")')
-            return ""
-        value = environ.get(name)
-        if has_default:
-            return value if value else default
-        if value is None:
-            failures.append(f"environment variable {name} is not set "
-                            f"(write ${{{name}:-default}} to give a default)")
-            return ""
-        return value
-
-    expanded = _PLACEHOLDER.sub(substitute, text)
+    expanded, failures = expand_text(text, environ)
     for failure in failures:
         findings.add(path, failure)
     return FAILED if failures else expanded
