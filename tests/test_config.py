@@ -482,3 +482,20 @@ def test_secrets_are_hidden_in_repr_and_redacted_dict(tmp_path):
 def test_a_short_secret_does_not_garble_messages(tmp_path):
     found = problems(tmp_path, "server: {url: http://h, api_key: e}\nworker: {queues: [a], concurrency: x}\n")
     assert found == {"worker.concurrency": 'expected a positive integer, got "x"'}
+
+
+def test_one_shot_resource_limits(tmp_path):
+    from agent.config import ConfigError, load_config
+
+    path = tmp_path / "c.yml"
+    path.write_text("redis: {url: 'redis://127.0.0.1:1/0'}\nworker: {queues: [jobs]}\n"
+                    f"deployment: {{path: '{tmp_path}', startup_cmd: python w.py, mode: one_shot,\n"
+                    "  one_shot_memory_limit: 256MB, one_shot_cpu_seconds: 5}\n")
+    config = load_config(path, environ={})
+    assert (config.deployment.one_shot_memory_limit, config.deployment.one_shot_cpu_seconds) == (
+        256_000_000, 5)
+    path.write_text(path.read_text().replace("256MB", "lots").replace("cpu_seconds: 5", "cpu_seconds: 0"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    paths = {p.path for p in err.value.problems}
+    assert paths == {"deployment.one_shot_memory_limit", "deployment.one_shot_cpu_seconds"}

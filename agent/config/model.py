@@ -110,6 +110,8 @@ class DeploymentConfig:
     mode: str = "long_running"  #: ``long_running`` or ``one_shot``
     processes: int = 1  #: warm children per queue (long_running)
     max_in_flight_per_child: int | None = None  #: load_config sets it to worker.concurrency if unset
+    one_shot_memory_limit: int | None = None  #: RLIMIT_AS of each one_shot child (bytes)
+    one_shot_cpu_seconds: int | None = None  #: RLIMIT_CPU of each one_shot child (seconds)
     venv: str = "auto"  #: ``auto``, ``none`` or an absolute path of a virtualenv
     requirements: str | None = None  #: relative to the code dir; None = requirements.txt if present
 

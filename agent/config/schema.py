@@ -74,6 +74,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "mode": Field(f.choice("long_running", "one_shot")),
         "processes": Field(f.integer(1)),
         "max_in_flight_per_child": Field(f.integer(1)),
+        "one_shot_memory_limit": Field(f.size),
+        "one_shot_cpu_seconds": Field(f.integer(1)),
         "venv": Field(f.venv),
         "requirements": Field(f.code_file),
     }),

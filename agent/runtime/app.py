@@ -76,7 +76,9 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment]) 
             startup_timeout=spec.startup_timeout,
             max_in_flight=config.deployment.max_in_flight_per_child or config.worker.concurrency,
             max_tasks_per_child=config.worker.max_tasks_per_child,
-            max_memory_bytes=config.worker.max_memory_per_child, queue=parent)
+            max_memory_bytes=config.worker.max_memory_per_child, queue=parent,
+            rlimit_as_bytes=config.deployment.one_shot_memory_limit,
+            rlimit_cpu_seconds=config.deployment.one_shot_cpu_seconds)
         pools[parent] = create_pool(child, mode=spec.mode, processes=spec.processes)
     return pools
 
