@@ -116,7 +116,7 @@ def sigkill_agents(tmp: Path, scale: str) -> Report:
 # -- 2. child crashes ----------------------------------------------------------------------
 
 def child_crashes(tmp: Path, scale: str) -> Report:
-    tasks, seconds = {"reduced": (600, 0.02), "full": (5000, 0.02)}[scale]
+    tasks, seconds = {"reduced": (600, 0.02), "full": (3000, 0.02)}[scale]
     crashes = max(3, tasks // 100)  # 1%: os._exit, SIGKILL, and a huge allocation in turn
     began = time.monotonic()
     record = tmp / "runs.txt"

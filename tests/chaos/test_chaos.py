@@ -42,7 +42,7 @@ def _run(request, background, scenario, tmp_path, scale):
     publish(future.result() if future is not None else scenario(tmp_path, scale))
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)  # the full form: crash-phase throughput is low (docs/reliability.md)
 @pytest.mark.parametrize("scale", SCALES)
 def test_child_crashes_are_recorded_and_throughput_recovers(request, background, tmp_path, scale):
     _run(request, background, scenarios.child_crashes, tmp_path, scale)
