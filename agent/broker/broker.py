@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
@@ -194,12 +194,14 @@ class Broker:
             tasks.append(DequeuedTask(task_id, queue, raw, message, expiry, error, now))
         return tasks
 
-    async def dequeue_first(self, queues: Sequence[str], count: int = 1,
+    async def dequeue_first(self, queues: Sequence[str], count: int | Callable[[str], int] = 1,
                             lease_seconds: int = LEASE_SECONDS) -> tuple[list[DequeuedTask], list[str]]:
-        """Try queues in the given order; stop at the first that yields tasks."""
+        """Try queues in the given order; stop at the first that yields tasks. ``count`` is a
+        number, or a function giving how many to take from each queue."""
         orphans: list[str] = []
         for queue in queues:
-            tasks, dropped = await self.dequeue(queue, count, lease_seconds)
+            want = count(queue) if callable(count) else count
+            tasks, dropped = await self.dequeue(queue, want, lease_seconds)
             orphans.extend(dropped)
             if tasks:
                 return tasks, orphans

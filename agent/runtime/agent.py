@@ -130,7 +130,6 @@ class Agent:
     def pause(self) -> None:
         """Stop taking new tasks (SIGTSTP / ops drain); running tasks continue."""
         if self.lifecycle.move(State.PAUSED):
-            self.processor.fetching = False
             self.processor.stop_fetching()
 
     def resume(self) -> None:

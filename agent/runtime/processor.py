@@ -215,14 +215,10 @@ class Processor:
 
     async def _fetch_in_order(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
         """Try queues in priority order; stop at the first that yields tasks."""
-        orphans: list[str] = []
-        for queue in queues:
-            tasks, dropped = await self.broker.dequeue(queue, self._room(queue, want))
-            orphans += dropped
-            if tasks:
-                self.observer.dequeued(queue, len(tasks))
-                return tasks, orphans
-        return [], orphans
+        tasks, orphans = await self.broker.dequeue_first(queues, lambda q: self._room(q, want))
+        if tasks:
+            self.observer.dequeued(tasks[0].queue, len(tasks))
+        return tasks, orphans
 
     def _dispatch(self, task: DequeuedTask) -> None:
         entry = InFlight(task)
