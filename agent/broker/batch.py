@@ -8,7 +8,8 @@ per second. Each caller still gets its own result or error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -16,21 +17,32 @@ from redis.exceptions import NoScriptError, ResponseError
 from agent.broker.plans import ScriptCall
 from agent.broker.scripts import fenced, source
 
+log = logging.getLogger("agent.broker")
+
 
 class ScriptBatcher:
     def __init__(self, client, max_batch: int = 512) -> None:
         self.client = client
         self.max_batch = max_batch
-        self._queue: list[tuple[ScriptCall, asyncio.Future]] = []
+        # each call with where its result goes: a future (run) or a callback (submit)
+        self._queue: list[tuple[ScriptCall, asyncio.Future | Callable[[object], None]]] = []
         self._flusher: asyncio.Task | None = None
         self._shas: dict[str, str] = {}
 
     async def run(self, call: ScriptCall):
+        """Run ``call`` in this loop turn's pipeline; its result, or its error raised."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((call, future))
+        self._add(call, future)
+        return await future
+
+    def submit(self, call: ScriptCall, on_result: Callable[[object], None]) -> None:
+        """``run`` without a future: ``on_result`` gets the result or the exception."""
+        self._add(call, on_result)
+
+    def _add(self, call: ScriptCall, sink) -> None:
+        self._queue.append((call, sink))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
 
     async def _sha(self, name: str) -> str:
         sha = self._shas.get(name)
@@ -45,17 +57,9 @@ class ScriptBatcher:
             try:
                 results = await self.execute([call for call, _ in batch])
             except Exception as exc:  # noqa: BLE001 - the whole round trip failed: tell everyone
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                results = [exc] * len(batch)
+            for (_, sink), result in zip(batch, results, strict=True):
+                _deliver(sink, result)
 
     async def execute(self, calls: Sequence[ScriptCall]) -> list:
         """Run these calls in one pipeline now; results (or exceptions) in order.
@@ -96,6 +100,20 @@ class ScriptBatcher:
                 script, args = fenced(call)
                 pipe.evalsha(self._shas[script], len(call.keys), *call.keys, *args)
             return await pipe.execute(raise_on_error=False)
+
+
+def _deliver(sink, result) -> None:
+    if not isinstance(sink, asyncio.Future):
+        try:
+            sink(result)
+        except Exception:  # noqa: BLE001 - one caller's bug must not stop the others' results
+            log.exception("script result callback failed")
+    elif sink.done():
+        return
+    elif isinstance(result, BaseException):
+        sink.set_exception(result)
+    else:
+        sink.set_result(result)
 
 
 _MERGEABLE = {"done": "done_many", "mark_complete": "complete_many"}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -101,6 +102,7 @@ class Broker:
         self.scripts = Scripts(client)
         self._registered_queues: set[str] = set()
         self._batcher = ScriptBatcher(client) if batch_outcomes else None
+        self._writes: set[asyncio.Future] = set()
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> Broker:
@@ -211,35 +213,89 @@ class Broker:
         if not task.lease_valid():
             raise LeaseLostError(task.queue, task.id)
 
-    async def _write_outcome(self, task: DequeuedTask, call: ScriptCall) -> None:
-        self._check_lease(task)
+    def _fenced(self, task: DequeuedTask, call: ScriptCall) -> ScriptCall:
         # Fenced: Redis refuses the write if it arrives after our lease (plus a grace for clock
         # skew) -- a command delayed by a network stall must not finish a task that another
         # agent recovered meanwhile (recovery starts 30 s after the lease, see recover_expired).
-        call = replace(call, fence=int(task.lease_expiry) + LEASE_FENCE_GRACE)
+        return ScriptCall(call.script, call.keys, call.args, int(task.lease_expiry) + LEASE_FENCE_GRACE)
+
+    @staticmethod
+    def _outcome_error(task: DequeuedTask, exc: BaseException) -> BaseException:
+        """What an outcome script's error means for the task."""
+        if isinstance(exc, ResponseError):
+            if "NOT FOUND" in str(exc):
+                return TaskNotFoundError(task.queue, task.id, "no longer active (recovered elsewhere?)")
+            if "LEASE EXPIRED" in str(exc):
+                return LeaseLostError(task.queue, task.id)
+        return exc
+
+    async def write_outcome(self, task: DequeuedTask, call: ScriptCall) -> None:
+        """Run an outcome call planned by ``plan_*`` for a task we hold. Raises
+        ``LeaseLostError`` (our lease ran out), ``TaskNotFoundError`` (no longer active) or
+        the Redis error."""
+        self._check_lease(task)
+        call = self._fenced(task, call)
         try:
             if self._batcher is not None:
                 await self._batcher.run(call)
             else:
                 await self._run(call)
         except ResponseError as exc:
-            if "NOT FOUND" in str(exc):
-                raise TaskNotFoundError(task.queue, task.id, "no longer active (recovered elsewhere?)") from exc
-            if "LEASE EXPIRED" in str(exc):
-                raise LeaseLostError(task.queue, task.id) from exc
-            raise
+            raise self._outcome_error(task, exc) from exc
+
+    def write_outcome_soon(self, task: DequeuedTask, call: ScriptCall,
+                           on_written: Callable[[BaseException | None], None]) -> None:
+        """``write_outcome`` for the hot path: the write joins this loop turn's pipeline and
+        ``on_written`` gets None, or the error (``LeaseLostError``, ``TaskNotFoundError``, a
+        Redis error), once it is done. Without a batcher the write runs as its own task."""
+        if not task.lease_valid():
+            on_written(LeaseLostError(task.queue, task.id))
+            return
+
+        def written(result) -> None:
+            on_written(self._outcome_error(task, result) if isinstance(result, BaseException) else None)
+
+        if self._batcher is not None:
+            self._batcher.submit(self._fenced(task, call), written)
+            return
+
+        async def write() -> None:
+            try:
+                await self.write_outcome(task, call)
+            except Exception as exc:  # noqa: BLE001 - handed to on_written
+                on_written(exc)
+            else:
+                on_written(None)
+
+        pending = asyncio.ensure_future(write())
+        self._writes.add(pending)
+        pending.add_done_callback(self._writes.discard)
 
     def _message(self, task: DequeuedTask) -> TaskMessage:
         return task.message if task.message is not None else task.placeholder_message()
 
-    async def complete(self, task: DequeuedTask, result: bytes | None = None) -> None:
-        """Success: completed with retention (and result) if msg.retention > 0, else deleted."""
+    def plan_success(self, task: DequeuedTask, result: bytes | None = None) -> tuple[ScriptCall, str]:
+        """Success: completed with retention (and result) if msg.retention > 0, else deleted.
+        Returns the call and the state it leaves."""
+        msg = self._message(task)
+        if msg.retention > 0:
+            return plans.mark_complete_call(msg, time.time(), result), "completed"
+        return plans.done_call(msg, time.time()), "deleted"
+
+    def plan_failure(self, task: DequeuedTask, error: str, *, skip_retry: bool = False,
+                     retry_in: float | None = None) -> tuple[ScriptCall, str]:
+        """Retry or archive as asynq decides. Returns the call and the state it leaves."""
         msg = self._message(task)
         now = time.time()
-        if msg.retention > 0:
-            await self._write_outcome(task, plans.mark_complete_call(msg, now, result))
-        else:
-            await self._write_outcome(task, plans.done_call(msg, now))
+        if task.message is None or plans.failure_decision(msg, skip_retry) == "archive":
+            raw = task.raw if task.message is None else None
+            return plans.archive_call(msg, error, now, raw), "archived"
+        delay = plans.default_retry_delay(msg.retried) if retry_in is None else retry_in
+        return plans.retry_call(msg, error, now + delay, now, True), "retry"
+
+    async def complete(self, task: DequeuedTask, result: bytes | None = None) -> None:
+        """Success: completed with retention (and result) if msg.retention > 0, else deleted."""
+        await self.write_outcome(task, self.plan_success(task, result)[0])
 
     async def write_result(self, task: DequeuedTask, data: bytes) -> int:
         self._check_lease(task)
@@ -249,26 +305,24 @@ class Broker:
     async def retry(self, task: DequeuedTask, error: str, retry_at: float,
                     is_failure: bool = True) -> None:
         now = time.time()
-        await self._write_outcome(task, plans.retry_call(self._message(task), error, retry_at, now, is_failure))
+        await self.write_outcome(task, plans.retry_call(self._message(task), error, retry_at, now, is_failure))
 
     async def archive(self, task: DequeuedTask, error: str) -> None:
-        now = time.time()
-        raw = task.raw if task.message is None else None
-        await self._write_outcome(task, plans.archive_call(self._message(task), error, now, raw))
+        await self.write_outcome(task, self.plan_failure(task, error, skip_retry=True)[0])
 
     async def fail(self, task: DequeuedTask, error: str, *, skip_retry: bool = False,
                    retry_in: float | None = None) -> str:
         """Retry or archive as asynq decides; returns the resulting state."""
-        msg = self._message(task)
-        if task.message is None or plans.failure_decision(msg, skip_retry) == "archive":
-            await self.archive(task, error)
-            return "archived"
-        delay = plans.default_retry_delay(msg.retried) if retry_in is None else retry_in
-        await self.retry(task, error, time.time() + delay)
-        return "retry"
+        call, state = self.plan_failure(task, error, skip_retry=skip_retry, retry_in=retry_in)
+        await self.write_outcome(task, call)
+        return state
+
+    def plan_requeue(self, task: DequeuedTask) -> tuple[ScriptCall, str]:
+        """Back to pending without counting a retry."""
+        return plans.requeue_call(task.queue, task.id), "pending"
 
     async def requeue(self, task: DequeuedTask) -> None:
-        await self._write_outcome(task, plans.requeue_call(task.queue, task.id))
+        await self.write_outcome(task, self.plan_requeue(task)[0])
 
     async def extend_leases(self, queue: str, task_ids: Sequence[str],
                             lease_seconds: int = LEASE_SECONDS) -> int:

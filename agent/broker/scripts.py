@@ -29,7 +29,7 @@ SCRIPT_NAMES = (
 
 
 #: Outcome scripts that also exist fenced: ``<name>+fenced`` runs lease_fence.lua first and
-#: takes the writer's lease deadline as an extra first argument (see Broker._write_outcome).
+#: takes the writer's lease deadline as an extra first argument (see Broker.write_outcome).
 FENCED = ("done", "mark_complete", "retry", "archive", "requeue", "done_many", "complete_many")
 FENCED_SUFFIX = "+fenced"
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from agent.broker import DequeuedTask
 from agent.runtime.outcome import Outcome
@@ -16,59 +19,112 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class Metrics(Observer):
-    """Counters and histograms updated on the hot path (label children are cached)."""
+    """Counters and histograms of the hot path.
+
+    The processor calls these hooks for every task, so they only add to plain dicts (the
+    agent's event loop is their only writer); ``HotPathCollector`` turns them into
+    Prometheus families at scrape time. prometheus-client's own metric objects take a lock
+    and walk label maps on every update, several microseconds per task.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.tasks = Counter("rundown_tasks", "Tasks finished, by queue, type and resulting state "
-                             "(completed, deleted = success without retention, retry, archived, "
-                             "pending = requeued, lease_lost, not_found)",
-                             ["queue", "type", "state"], registry=r)
-        self.failures = Counter("rundown_task_failures", "Tasks whose run failed (retried or archived)",
-                                ["queue", "type"], registry=r)
-        self.duration = Histogram("rundown_task_duration_seconds", "Time from dequeue to outcome written",
-                                  ["queue"], buckets=DURATION_BUCKETS, registry=r)
-        self.in_flight_tasks = Gauge("rundown_tasks_in_flight", "Tasks being processed", ["queue"], registry=r)
-        self.dequeued_tasks = Counter("rundown_dequeued_tasks", "Tasks taken from pending", ["queue"], registry=r)
-        self.lease_lost_tasks = Counter("rundown_lease_lost_tasks", "Tasks whose lease was lost before the "
-                                    "outcome could be written", ["queue"], registry=r)
-        self.redis_error_count = Counter("rundown_redis_errors", "Redis errors, by operation", ["operation"],
-                                    registry=r)
-        self._children: dict[tuple, object] = {}
-
-    def _child(self, metric, *labels):
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.tasks: Counter[tuple[str, str, str]] = Counter()  # (queue, type, state)
+        self.failures: Counter[tuple[str, str]] = Counter()  # (queue, type)
+        self.durations: dict[str, DurationHistogram] = {}
+        self.in_flight: Counter[str] = Counter()
+        self.dequeued_tasks: Counter[str] = Counter()
+        self.lease_lost_tasks: Counter[str] = Counter()
+        self.redis_errors: Counter[str] = Counter()
+        self.registry.register(HotPathCollector(self))
 
     # Observer hooks -------------------------------------------------------------------
 
     def task_started(self, task: DequeuedTask) -> None:
-        self._child(self.in_flight_tasks, task.queue).inc()
+        self.in_flight[task.queue] += 1
 
     def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None:
+        queue = task.queue
         task_type = task.message.type if task.message else ""
-        self._child(self.in_flight_tasks, task.queue).dec()
-        self._child(self.tasks, task.queue, task_type, state).inc()
+        self.in_flight[queue] -= 1
+        self.tasks[queue, task_type, state] += 1
         if outcome.kind in ("retry", "archive"):
-            self._child(self.failures, task.queue, task_type).inc()
-        self._child(self.duration, task.queue).observe(seconds)
+            self.failures[queue, task_type] += 1
+        histogram = self.durations.get(queue)
+        if histogram is None:
+            histogram = self.durations[queue] = DurationHistogram(DURATION_BUCKETS)
+        histogram.observe(seconds)
 
     def task_dropped(self, task: DequeuedTask) -> None:
         """A task left without an outcome (requeued at shutdown, cancelled, lease lost)."""
-        self._child(self.in_flight_tasks, task.queue).dec()
+        self.in_flight[task.queue] -= 1
 
     def lease_lost(self, task: DequeuedTask) -> None:
-        self._child(self.lease_lost_tasks, task.queue).inc()
+        self.lease_lost_tasks[task.queue] += 1
 
     def redis_error(self, where: str, exc: BaseException) -> None:
-        self._child(self.redis_error_count, where).inc()
+        self.redis_errors[where] += 1
 
     def dequeued(self, queue: str, count: int) -> None:
-        self._child(self.dequeued_tasks, queue).inc(count)
+        self.dequeued_tasks[queue] += count
+
+
+class DurationHistogram:
+    """A Prometheus histogram as plain numbers: a count per bucket (upper bounds inclusive,
+    as Prometheus's ``le``), the last one +Inf, and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class HotPathCollector(Collector):
+    """The ``Metrics`` dicts as Prometheus families, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable:
+        m = self.metrics
+        yield _counter("rundown_tasks", "Tasks finished, by queue, type and resulting state "
+                       "(completed, deleted = success without retention, retry, archived, "
+                       "pending = requeued, lease_lost, not_found)", ["queue", "type", "state"], m.tasks)
+        yield _counter("rundown_task_failures", "Tasks whose run failed (retried or archived)",
+                       ["queue", "type"], m.failures)
+        duration = HistogramMetricFamily("rundown_task_duration_seconds",
+                                         "Time from dequeue to outcome written", labels=["queue"])
+        for queue, histogram in sorted(m.durations.items()):
+            duration.add_metric([queue], histogram.cumulative(), histogram.sum)
+        yield duration
+        in_flight = GaugeMetricFamily("rundown_tasks_in_flight", "Tasks being processed", labels=["queue"])
+        for queue, count in sorted(m.in_flight.items()):
+            in_flight.add_metric([queue], count)
+        yield in_flight
+        yield _counter("rundown_dequeued_tasks", "Tasks taken from pending", ["queue"], m.dequeued_tasks)
+        yield _counter("rundown_lease_lost_tasks", "Tasks whose lease was lost before the outcome "
+                       "could be written", ["queue"], m.lease_lost_tasks)
+        yield _counter("rundown_redis_errors", "Redis errors, by operation", ["operation"], m.redis_errors)
+
+
+def _counter(name: str, documentation: str, labels: list[str], counts: Counter) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(counts.items()):
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
 
 
 class SampledCollector(Collector):

@@ -110,7 +110,8 @@ class Child:
         self._exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._pending: dict[str, asyncio.Future[Outcome]] = {}
+        # task id -> what to call with its outcome (exactly once: it is popped first)
+        self._pending: dict[str, Callable[[Outcome], None]] = {}
         # task id -> (request, sent at); checked by one sweep timer, not a timer per task
         self._deadlines: dict[str, tuple[TaskRequest, float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -202,19 +203,31 @@ class Child:
         unusable answer all become outcomes. Past ``deadline + spec.deadline_grace`` the task
         gets a ``retry`` timeout outcome and the child is stopped.
         """
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if not self.submit(request, lambda outcome: future.done() or future.set_result(outcome)):
+            return Outcome("requeue", error=f"child process {self.pid} was not running")
+        try:
+            return await future
+        except asyncio.CancelledError:  # our caller gave up: the child should too
+            self.withdraw(request.task_id)
+            raise
+
+    def submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
+        """Send ``request``; ``on_outcome`` is called once with its outcome, from the event
+        loop (the pipe reader, the deadline sweep or the exit handler). False, and nothing
+        sent, when the child is not running. The hot path: no task or future per request."""
         task_id = request.task_id
         if self.exit is not None or self.state in ("stopping", "starting"):
-            return Outcome("requeue", error=f"child process {self.pid} was not running")
+            return False
         if task_id in self._pending:
             raise ValueError(f"task {task_id} is already running in child process {self.pid}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending[task_id] = future
+        self._pending[task_id] = on_outcome
         self._idle.clear()
         self.tasks_started += 1
         if request.deadline is not None:
             self._deadlines[task_id] = (request, time.time())
             if self._sweeper is None:
+                loop = asyncio.get_running_loop()
                 self._sweeper = loop.call_later(DEADLINE_SWEEP, self._sweep_deadlines)
         assert self._stdin is not None
         if self.one_shot:
@@ -225,13 +238,16 @@ class Child:
         limit = self.spec.max_tasks_per_child
         if limit and not self.one_shot and self.tasks_started >= limit:
             self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
-        try:
-            return await future
-        except asyncio.CancelledError:  # our caller gave up: the child should too
-            if self._pending.pop(task_id, None) is not None:
-                self._task_finished(task_id)
-                self._send_cancel(task_id)
-            raise
+        return True
+
+    def withdraw(self, task_id: str) -> bool:
+        """Stop waiting for a task (its caller gave up): forget it, and ask the child to
+        cancel it. Its ``on_outcome`` is never called. False if it was not running here."""
+        if self._pending.pop(task_id, None) is None:
+            return False
+        self._task_finished(task_id)
+        self._send_cancel(task_id)
+        return True
 
     async def cancel(self, task_id: str) -> bool:
         """Ask the child to cancel a running task; False if it cannot (not here, or a
@@ -276,20 +292,19 @@ class Child:
             self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
 
     def _deadline_passed(self, request: TaskRequest, sent_at: float) -> None:
-        future = self._pending.pop(request.task_id, None)
+        on_outcome = self._pending.pop(request.task_id, None)
         self._deadlines.pop(request.task_id, None)
-        if future is None:
+        if on_outcome is None:
             return
         self._task_finished(request.task_id)
         seconds = request.timeout or max((request.deadline or sent_at) - sent_at, 0.0)
-        if not future.done():
-            future.set_result(
-                Outcome(
-                    "retry",
-                    error=f"timeout: task exceeded its deadline of {seconds:g}s "
-                    f"(child process {self.pid} stopped and replaced)",
-                )
+        on_outcome(
+            Outcome(
+                "retry",
+                error=f"timeout: task exceeded its deadline of {seconds:g}s "
+                f"(child process {self.pid} stopped and replaced)",
             )
+        )
         log.warning(
             "queue %s: task %s exceeded its deadline; stopping child process %s",
             self.spec.queue,
@@ -426,8 +441,8 @@ class Child:
                 )
 
     def _answer(self, response: Response) -> None:
-        future = self._pending.pop(response.task_id, None)
-        if future is None:
+        on_outcome = self._pending.pop(response.task_id, None)
+        if on_outcome is None:
             log.warning(
                 "queue %s: child process %s answered task %s, which it is not running "
                 "(answered after its deadline, or never sent); answer dropped",
@@ -437,12 +452,11 @@ class Child:
             )
             return
         self._task_finished(response.task_id)
-        if not future.done():
-            future.set_result(outcome_from_response(response))
+        on_outcome(outcome_from_response(response))
 
     def _oversized(self, line: OversizedLine) -> None:
         task_id = task_id_of_head(line.head)
-        future = self._pending.pop(task_id, None) if task_id else None
+        on_outcome = self._pending.pop(task_id, None) if task_id else None
         log.error(
             "queue %s: child process %s wrote a stdout line of %d bytes, over the limit of %d "
             "bytes; the line was discarded%s",
@@ -450,19 +464,18 @@ class Child:
             self.pid,
             line.size,
             self.spec.line_limit,
-            f" and task {task_id} failed" if future else "",
+            f" and task {task_id} failed" if on_outcome else "",
         )
-        if future is not None and task_id is not None:
+        if on_outcome is not None and task_id is not None:
             self._task_finished(task_id)
-            if not future.done():
-                future.set_result(
-                    Outcome(
-                        "archive",
-                        error=f"ResponseTooLarge: the child's answer was {line.size} bytes, over the "
-                        f"agent's line limit of {self.spec.line_limit} bytes; return a smaller "
-                        "result (store large data elsewhere and return a reference)",
-                    )
+            on_outcome(
+                Outcome(
+                    "archive",
+                    error=f"ResponseTooLarge: the child's answer was {line.size} bytes, over the "
+                    f"agent's line limit of {self.spec.line_limit} bytes; return a smaller "
+                    "result (store large data elsewhere and return a reference)",
                 )
+            )
 
     def _output(self, message: Output) -> None:
         extra = {"queue": self.spec.queue, "pid": self.pid, "stream": "stdout"}
@@ -553,9 +566,7 @@ class Child:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for task_id, future in pending.items():
-            if future.done():
-                continue
+        for task_id, on_outcome in pending.items():
             if task_id in self._cancelled:
                 outcome = Outcome("retry", error="cancelled: the task was cancelled while running")
             elif expected:
@@ -570,7 +581,7 @@ class Child:
                     error=f"child process {self.pid} {description} while running this task"
                     f"{self.stderr_summary()}",
                 )
-            future.set_result(outcome)
+            on_outcome(outcome)
         self._idle.set()
         self._exited.set()
         if not expected and self.ready is not None and not self.one_shot:

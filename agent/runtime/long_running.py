@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent.runtime.child import Child, ChildExit, ChildStartupError
@@ -170,6 +170,40 @@ class LongRunningPool(ChildPool):
         finally:
             self._wake_waiters()
 
+    def try_submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
+        """Send the task to the least busy child at once if one has room (the hot path: no
+        task or future); False when none has, or the pool takes nothing now (``run()``
+        then waits or raises)."""
+        if not self.healthy:
+            return False
+        best = self._least_busy()
+        if best is None:
+            return False
+
+        def answered(outcome: Outcome) -> None:
+            on_outcome(outcome)
+            if self._waiters:
+                self._wake_waiters()
+
+        return best.submit(request, answered)
+
+    def withdraw(self, task_id: str) -> bool:
+        """Stop waiting for a task sent by ``try_submit`` (the child is asked to cancel it)."""
+        for child in self._children:
+            if child.withdraw(task_id):
+                self._wake_waiters()
+                return True
+        return False
+
+    def _least_busy(self) -> Child | None:
+        best: Child | None = None
+        for child in self._serving:
+            if child.in_flight < child.max_in_flight and (
+                best is None or child.in_flight < best.in_flight
+            ):
+                best = child
+        return best
+
     async def _pick(self, request: TaskRequest) -> Child | None:
         """The serving child with the fewest tasks in flight; waits while all are full."""
         while True:
@@ -178,12 +212,7 @@ class LongRunningPool(ChildPool):
                 raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
             if not self.crashes.healthy:
                 raise PoolUnavailable(self.crashes.describe())
-            best: Child | None = None
-            for child in self._serving:
-                if child.in_flight < child.max_in_flight and (
-                    best is None or child.in_flight < best.in_flight
-                ):
-                    best = child
+            best = self._least_busy()
             if best is not None:
                 return best
             waiter = asyncio.get_running_loop().create_future()

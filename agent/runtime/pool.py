@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from agent.broker import DequeuedTask
@@ -51,6 +52,22 @@ class ChildPool(ABC):
     @abstractmethod
     def status(self) -> list[dict[str, Any]]:
         """One dict per child: pid, state, uptime, tasks_done, in_flight, max_in_flight, rss."""
+
+    def try_submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
+        """Start the task now if that needs no waiting, and call ``on_outcome`` with its
+        outcome later; False if it cannot (then use ``run()``). Pools without a
+        callback path always answer False."""
+        return False
+
+    def start_task(self, task: DequeuedTask, deadline: float,
+                   on_outcome: Callable[[Outcome], None]) -> bool:
+        """The processor's hot path: ``try_submit`` for a task taken from Redis."""
+        return self.try_submit(TaskRequest.from_dequeued(task, deadline), on_outcome)
+
+    def withdraw(self, task_id: str) -> bool:
+        """Forget a task started by ``try_submit`` (its ``on_outcome`` is never called) and
+        ask its child to cancel it; False if it is not running."""
+        return False
 
     async def execute(self, task: DequeuedTask, deadline: float) -> Outcome:
         """The processor's ``Executor.execute``: ``run()`` for a task taken from Redis.

@@ -11,7 +11,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -48,21 +48,17 @@ class Observer:
     def dequeued(self, queue: str, count: int) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class InFlight:
+    """A task we hold. It runs either through ``Executor.start_task`` (``executor`` set: the
+    hot path, no asyncio task of its own) or in a ``handler`` task awaiting ``execute``."""
+
     task: DequeuedTask
+    started: float = 0.0  # monotonic
     handler: asyncio.Task | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    executor: Executor | None = None
     interrupted: str = ""  # "", "cancelled", "abandoned" (lease lost) or "requeued"
     recording: bool = False  # the outcome is being written: too late to interrupt
-
-    def interrupt(self, why: str) -> bool:
-        """Stop waiting for the executor (cancels the handler task at its await)."""
-        if self.interrupted or self.recording or self.handler is None:
-            return False
-        self.interrupted = why
-        self.handler.cancel()
-        return True
 
 
 class Processor:
@@ -89,6 +85,8 @@ class Processor:
         self.last_dequeue_ok = 0.0  # monotonic time of the last successful dequeue call
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._all_done = asyncio.Event()  # set whenever nothing is in flight
+        self._all_done.set()
         self._handlers: set[asyncio.Task] = set()
         self._paused_checked = 0.0
         self._drained: set[str] = set()
@@ -221,31 +219,107 @@ class Processor:
         return tasks, orphans
 
     def _dispatch(self, task: DequeuedTask) -> None:
-        entry = InFlight(task)
+        entry = InFlight(task, time.monotonic())
         self.in_flight[task.id] = entry
         self.per_queue[task.queue] = self.per_queue.get(task.queue, 0) + 1
         self.leases.add(task)
         self.observer.task_started(task)
+        if self._start_directly(entry):
+            return
         entry.handler = asyncio.create_task(self._handle(entry))
         self._handlers.add(entry.handler)
         # A callback, not a ``finally``: it also runs for a task cancelled before it started.
-        entry.handler.add_done_callback(lambda handler: self._finished(entry, handler))
+        entry.handler.add_done_callback(lambda handler: self._handler_done(entry, handler))
 
-    def _finished(self, entry: InFlight, handler: asyncio.Task) -> None:
+    def _start_directly(self, entry: InFlight) -> bool:
+        """The hot path: hand the task to an executor that can start it at once and call us
+        back with its outcome. False when it cannot (then a handler task waits for it)."""
         task = entry.task
+        if task.message is None:
+            return False
+        executor = self.executor_for(task.queue)
+        start = getattr(executor, "start_task", None)
+        if start is None:
+            return False
+        deadline = processing_deadline(task.message, task.started_at)
+        if deadline <= time.time():
+            return False
+        entry.executor = executor
+        if start(task, deadline, lambda outcome: self._answered(entry, outcome)):
+            return True
+        entry.executor = None
+        return False
+
+    def _handler_done(self, entry: InFlight, handler: asyncio.Task) -> None:
         self._handlers.discard(handler)
-        self.in_flight.pop(task.id, None)
+        self._finish(entry)
+
+    def _finish(self, entry: InFlight) -> None:
+        task = entry.task
+        if self.in_flight.get(task.id) is entry:
+            del self.in_flight[task.id]
         self.per_queue[task.queue] -= 1
         self.leases.remove(task)
-        entry.done.set()
+        if not self.in_flight:
+            self._all_done.set()
         self._slot_freed.set()
         self.signal.notify()
 
     # -- one task -----------------------------------------------------------------------
 
+    def _answered(self, entry: InFlight, outcome: Outcome) -> None:
+        """An outcome for a task started directly: write it in this turn's pipeline."""
+        task = entry.task
+        if entry.interrupted in ("abandoned", "requeued"):
+            self.observer.task_dropped(task)
+            self._finish(entry)
+            return
+        entry.recording = True
+        try:
+            call, state = self._plan(task, outcome)
+        except Exception:  # noqa: BLE001 - one task's trouble must never stop the agent
+            log.exception("unexpected error while handling task %s of queue %s", task.id, task.queue)
+            self._finish(entry)
+            return
+        self.broker.write_outcome_soon(
+            task, call, lambda error: self._written(entry, outcome, state, error))
+
+    def _written(self, entry: InFlight, outcome: Outcome, state: str, error: BaseException | None) -> None:
+        task = entry.task
+        if error is None:
+            self.observer.task_finished(task, outcome, state, time.monotonic() - entry.started)
+        elif isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)):
+            # Redis trouble: retry the write in the slow path until the lease runs out.
+            self.observer.redis_error("outcome", error)
+            entry.handler = asyncio.create_task(self._record_later(entry, outcome))
+            self._handlers.add(entry.handler)
+            entry.handler.add_done_callback(lambda handler: self._handler_done(entry, handler))
+            return
+        else:
+            self._record_failed(task, error)
+        self._finish(entry)
+
+    async def _record_later(self, entry: InFlight, outcome: Outcome) -> None:
+        await asyncio.sleep(1.0)
+        state = await self._record(entry.task, outcome)
+        self.observer.task_finished(entry.task, outcome, state, time.monotonic() - entry.started)
+
+    def _record_failed(self, task: DequeuedTask, error: BaseException) -> str:
+        """Report an outcome write that Redis refused; returns the task's resulting state."""
+        if isinstance(error, LeaseLostError):
+            self.observer.lease_lost(task)
+            log.warning("task %s (queue %s): lease lost before its outcome could be written; "
+                        "left to recovery", task.id, task.queue)
+            return "lease_lost"
+        if isinstance(error, TaskNotFoundError):
+            log.warning("%s", error)
+            return "not_found"
+        log.error("task %s (queue %s): its outcome could not be written: %s: %s",
+                  task.id, task.queue, type(error).__name__, error)
+        return "error"
+
     async def _handle(self, entry: InFlight) -> None:
         task = entry.task
-        started = time.monotonic()
         try:
             try:
                 outcome = await self._execute(task)
@@ -259,7 +333,7 @@ class Processor:
                 return
             entry.recording = True
             state = await self._record(task, outcome)
-            self.observer.task_finished(task, outcome, state, time.monotonic() - started)
+            self.observer.task_finished(task, outcome, state, time.monotonic() - entry.started)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one task's trouble must never stop the agent
@@ -293,30 +367,53 @@ class Processor:
                 await asyncio.sleep(1.0)
 
     async def _write(self, task: DequeuedTask, outcome: Outcome) -> str:
+        call, state = self._plan(task, outcome)
+        await self.broker.write_outcome(task, call)
+        return state
+
+    def _plan(self, task: DequeuedTask, outcome: Outcome):
+        """The outcome script call for ``outcome`` and the state it leaves the task in."""
         if outcome.kind == "success":
-            retention = task.message.retention if task.message else 0
-            await self.broker.complete(task, outcome.result if retention > 0 else None)
-            return "completed" if retention > 0 else "deleted"
+            return self.broker.plan_success(task, outcome.result)
         if outcome.kind == "requeue":
-            await self.broker.requeue(task)
-            return "pending"
-        return await self.broker.fail(task, outcome.error or "unknown error",
-                                      skip_retry=outcome.kind == "archive", retry_in=outcome.retry_in)
+            return self.broker.plan_requeue(task)
+        return self.broker.plan_failure(task, outcome.error or "unknown error",
+                                        skip_retry=outcome.kind == "archive", retry_in=outcome.retry_in)
 
     # -- control ------------------------------------------------------------------------
 
     def cancel(self, task_id: str) -> bool:
         """asynq:cancel: the task fails with "context canceled" (and the child is told)."""
         entry = self.in_flight.get(task_id)
-        return entry is not None and entry.interrupt("cancelled")
+        return entry is not None and self._interrupt(entry, "cancelled")
 
     def abandon(self, task: DequeuedTask) -> None:
         """The lease is lost: stop waiting for the task and write nothing for it."""
         entry = self.in_flight.get(task.id)
-        if entry is not None and entry.task is task and entry.interrupt("abandoned"):
+        if entry is not None and entry.task is task and self._interrupt(entry, "abandoned"):
             self.observer.lease_lost(task)
             log.warning("lost the lease of task %s in queue %s (recovered elsewhere?); its outcome "
                         "will not be written", task.id, task.queue)
+
+    def _interrupt(self, entry: InFlight, why: str) -> bool:
+        """Stop waiting for a task's executor (the child is asked to cancel it). A cancelled
+        task then fails with "context canceled"; an abandoned or requeued one gets nothing
+        written here."""
+        if entry.interrupted or entry.recording:
+            return False
+        if entry.handler is not None:
+            entry.interrupted = why
+            entry.handler.cancel()  # the handler task turns this into its outcome
+            return True
+        if entry.executor is None:
+            return False
+        entry.interrupted = why
+        entry.executor.withdraw(entry.task.id)
+        if why == "cancelled":
+            self._answered(entry, Outcome("retry", error=CANCELED_ERROR))
+        else:
+            self._answered(entry, Outcome("requeue"))  # dropped: interrupted says why
+        return True
 
     def stop_fetching(self) -> None:
         self.fetching = False
@@ -329,17 +426,17 @@ class Processor:
         Returns how many tasks were requeued. ``hurry`` (a second signal) ends the wait early.
         """
         self.stop_fetching()
-        waits = [asyncio.create_task(e.done.wait()) for e in list(self.in_flight.values())]
-        if waits:
-            stop_early = [asyncio.create_task(hurry.wait())] if hurry else []
-            all_done = asyncio.create_task(asyncio.wait(waits))
-            await asyncio.wait({all_done, *stop_early}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-            for t in (*waits, *stop_early, all_done):
+        if self.in_flight:
+            self._all_done.clear()
+            waits = [asyncio.create_task(self._all_done.wait())]
+            if hurry is not None:
+                waits.append(asyncio.create_task(hurry.wait()))
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for t in waits:
                 t.cancel()
         requeued = 0
         for entry in list(self.in_flight.values()):
-            if not entry.interrupt("requeued"):
+            if not self._interrupt(entry, "requeued"):
                 continue
             try:
                 await self.broker.requeue(entry.task)
