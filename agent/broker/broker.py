@@ -32,7 +32,7 @@ from agent.broker.scripts import Scripts, fenced
 from agent.broker.taskinfo import TaskInfo, task_info_from_hash
 
 
-@dataclass
+@dataclass(slots=True)
 class DequeuedTask:
     """A task we hold. ``message`` is None when ``raw`` is not a valid TaskMessage."""
 
@@ -270,6 +270,32 @@ class Broker:
         pending = asyncio.ensure_future(write())
         self._writes.add(pending)
         pending.add_done_callback(self._writes.discard)
+
+    @property
+    def batching(self) -> bool:
+        """Outcome writes of one loop turn share a pipeline (``done_many_soon`` needs it)."""
+        return self._batcher is not None
+
+    def done_many_soon(self, queue: str, tasks: Sequence[DequeuedTask],
+                       on_written: Callable[[list[BaseException | None]], None]) -> None:
+        """Success without retention for tasks of one queue, as one ``done_many`` call in
+        this loop turn's pipeline (the same end state as ``complete`` for each); fenced by
+        the earliest lease. ``on_written`` gets one error or None per task, in order.
+        Callers check the leases first; needs ``batching``."""
+        assert self._batcher is not None
+        call = plans.done_many_call(
+            queue, [(t.id, t.message.unique_key if t.message else "") for t in tasks], time.time())
+        fence = min(t.lease_expiry for t in tasks) + LEASE_FENCE_GRACE
+
+        def written(result) -> None:
+            if isinstance(result, BaseException):
+                on_written([self._outcome_error(t, result) for t in tasks])
+                return
+            on_written([None if status == 1 else TaskNotFoundError(
+                t.queue, t.id, "no longer active (recovered elsewhere?)") if status == 0 else
+                ResponseError(f"done_many answered {status!r}") for t, status in zip(tasks, result, strict=True)])
+
+        self._batcher.submit(ScriptCall(call.script, call.keys, call.args, fence), written)
 
     def _message(self, task: DequeuedTask) -> TaskMessage:
         return task.message if task.message is not None else task.placeholder_message()

@@ -100,6 +100,16 @@ def done_call(msg: TaskMessage, now: float) -> ScriptCall:
     return ScriptCall("done", call_keys, [msg.id, _stats_expiry(now), MAX_INT64])
 
 
+def done_many_call(queue: str, tasks: list[tuple[str, str]], now: float) -> ScriptCall:
+    """``done`` for many tasks of one queue in one call; ``tasks``: (task id, unique key or "")."""
+    call_keys = [keys.active(queue), keys.lease(queue), keys.processed_day(queue, now),
+                 keys.processed_total(queue)]
+    args: list = [_stats_expiry(now), MAX_INT64, keys.task_prefix(queue)]
+    for task_id, unique_key in tasks:
+        args += (task_id, unique_key)
+    return ScriptCall("done_many", call_keys, args)
+
+
 def mark_complete_call(msg: TaskMessage, now: float, result: bytes | None = None) -> ScriptCall:
     q = msg.queue
     completed = TaskMessage()

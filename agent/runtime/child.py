@@ -94,6 +94,7 @@ class Child:
         *,
         one_shot: bool = False,
         on_exit: Callable[[Child, ChildExit], None] | None = None,
+        on_free: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self.one_shot = one_shot
@@ -107,6 +108,7 @@ class Child:
         self.stderr_tail: deque[str] = deque(maxlen=spec.stderr_lines)
         self.retired = asyncio.Event()
         self._on_exit = on_exit
+        self._on_free = on_free  # called whenever a task ends here (room for another)
         self._exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -319,6 +321,8 @@ class Child:
         self._cancelled.discard(task_id)
         if not self._pending:
             self._idle.set()
+        if self._on_free is not None:
+            self._on_free()
         limit = self.spec.max_memory_bytes
         if limit and self.state == "ready" and not self.one_shot:
             rss = self.rss()

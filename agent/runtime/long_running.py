@@ -92,7 +92,7 @@ class LongRunningPool(ChildPool):
         self._serving.clear()
 
     async def _spawn(self) -> Child:
-        child = Child(self.spec, on_exit=self._child_exited)
+        child = Child(self.spec, on_exit=self._child_exited, on_free=self._child_free)
         self._children.add(child)
         try:
             await child.start()
@@ -104,6 +104,11 @@ class LongRunningPool(ChildPool):
     def _serve(self, child: Child) -> None:
         self._serving.append(child)
         self._wake_waiters()
+
+    def _child_free(self) -> None:
+        """A child finished a task: a ``run()`` waiting for room may go on."""
+        if self._waiters:
+            self._wake_waiters()
 
     def _child_exited(self, child: Child, exit: ChildExit) -> None:
         self._children.discard(child)
@@ -177,15 +182,7 @@ class LongRunningPool(ChildPool):
         if not self.healthy:
             return False
         best = self._least_busy()
-        if best is None:
-            return False
-
-        def answered(outcome: Outcome) -> None:
-            on_outcome(outcome)
-            if self._waiters:
-                self._wake_waiters()
-
-        return best.submit(request, answered)
+        return best is not None and best.submit(request, on_outcome)
 
     def withdraw(self, task_id: str) -> bool:
         """Stop waiting for a task sent by ``try_submit`` (the child is asked to cancel it)."""

@@ -10,7 +10,7 @@ from agent.broker import DequeuedTask
 OutcomeKind = Literal["success", "retry", "archive", "requeue"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """``success``: complete the task (with ``result`` when it has retention);
     ``retry``: a failure that may be retried (archived if retries are exhausted);

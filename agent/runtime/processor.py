@@ -85,6 +85,9 @@ class Processor:
         self.last_dequeue_ok = 0.0  # monotonic time of the last successful dequeue call
         self._slot_freed = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._lane_open = broker.batching  # successes without retention go as done_many
+        self._deletions: dict[str, list[tuple[InFlight, Outcome]]] = {}
+        self._deletions_due = False
         self._all_done = asyncio.Event()  # set whenever nothing is in flight
         self._all_done.set()
         self._handlers: set[asyncio.Task] = set()
@@ -275,6 +278,9 @@ class Processor:
             self._finish(entry)
             return
         entry.recording = True
+        if outcome.kind == "success" and self._lane_open and task.message and not task.message.retention:
+            self._to_delete(entry, outcome)
+            return
         try:
             call, state = self._plan(task, outcome)
         except Exception:  # noqa: BLE001 - one task's trouble must never stop the agent
@@ -283,6 +289,41 @@ class Processor:
             return
         self.broker.write_outcome_soon(
             task, call, lambda error: self._written(entry, outcome, state, error))
+
+    def _to_delete(self, entry: InFlight, outcome: Outcome) -> None:
+        """The common success (no retention): collected per queue, written for all of this
+        loop turn as one ``done_many`` call."""
+        lane = self._deletions.get(entry.task.queue)
+        if lane is None:
+            lane = self._deletions[entry.task.queue] = []
+        lane.append((entry, outcome))
+        if not self._deletions_due:
+            self._deletions_due = True
+            asyncio.get_running_loop().call_soon(self._write_deletions)
+
+    def _write_deletions(self) -> None:
+        deletions, self._deletions, self._deletions_due = self._deletions, {}, False
+        now = time.time()
+        for queue, lane in deletions.items():
+            valid = []
+            for item in lane:
+                if item[0].task.lease_expiry > now:
+                    valid.append(item)
+                else:
+                    self._written(item[0], item[1], "deleted", LeaseLostError(queue, item[0].task.id))
+            if valid:
+                self.broker.done_many_soon(queue, [entry.task for entry, _ in valid],
+                                           lambda errors, valid=valid: self._deleted(valid, errors))
+
+    def _deleted(self, lane: list[tuple[InFlight, Outcome]], errors: list[BaseException | None]) -> None:
+        finished = self.observer.task_finished
+        now = time.monotonic()
+        for (entry, outcome), error in zip(lane, errors, strict=True):
+            if error is None:
+                finished(entry.task, outcome, "deleted", now - entry.started)
+                self._finish(entry)
+            else:
+                self._written(entry, outcome, "deleted", error)
 
     def _written(self, entry: InFlight, outcome: Outcome, state: str, error: BaseException | None) -> None:
         task = entry.task

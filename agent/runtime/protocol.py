@@ -194,7 +194,7 @@ class StartupFailed:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per task, and frozen init costs 4x
 class Response:
     """A task's answer. Failure iff ``error`` is a non-empty string (runqy's rule)."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from agent.broker import DequeuedTask
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per task, and frozen init costs 4x
 class TaskRequest:
     """One task to run in a child process.
 
