@@ -28,7 +28,7 @@ log = logging.getLogger("agent.runtime")
 CANCELED_ERROR = "context canceled"
 DRAINED_MEMORY = 0.05
 SPREAD_MAX_QUEUES = 4  # up to this many queues, a fetch spreads its slots over them by weight
-GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load  # seconds a queue found empty is left out of weighted allocation
+GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load
 DEADLINE_ERROR = "context deadline exceeded"
 
 
