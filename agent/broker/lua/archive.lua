@@ -1,10 +1,12 @@
 -- Failure with no retries left (or SkipRetry): move the task to the archive and trim it.
+-- LREM count -1: from the oldest end of active, where finishing tasks are, stopping at the
+-- ID (asynq's 0 scans the whole list, which all agents of the queue share; an ID is in it once).
 -- KEYS[1] task hash, KEYS[2] active, KEYS[3] lease, KEYS[4] archived,
 -- KEYS[5] processed:<date>, KEYS[6] failed:<date>, KEYS[7] processed, KEYS[8] failed
 -- ARGV[1] task id, ARGV[2] new msg, ARGV[3] now (unix s), ARGV[4] cutoff (now - 90 days),
 -- ARGV[5] max archive size, ARGV[6] daily stats expiry, ARGV[7] max int64,
 -- ARGV[8] task key prefix
-if redis.call("LREM", KEYS[2], 0, ARGV[1]) == 0 then
+if redis.call("LREM", KEYS[2], -1, ARGV[1]) == 0 then
     return redis.error_reply("NOT FOUND")
 end
 if redis.call("ZREM", KEYS[3], ARGV[1]) == 0 then

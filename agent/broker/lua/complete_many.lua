@@ -1,4 +1,6 @@
 -- Success with retention, for many tasks of one queue in one call (same end state as
+-- LREM count -1: from the oldest end of active, where finishing tasks are, stopping at the
+-- ID (asynq's 0 scans the whole list, which all agents of the queue share; an ID is in it once).
 -- running mark_complete.lua for each).
 -- KEYS[1] active, KEYS[2] lease, KEYS[3] completed, KEYS[4] processed:<date>, KEYS[5] processed
 -- ARGV[1] daily stats expiry, ARGV[2] max int64, ARGV[3] task key prefix,
@@ -10,7 +12,7 @@ local done = 0
 for i = 4, #ARGV, 6 do
     local id = ARGV[i]
     local ok = 0
-    if redis.call("LREM", KEYS[1], 0, id) ~= 0 and redis.call("ZREM", KEYS[2], id) ~= 0 then
+    if redis.call("LREM", KEYS[1], -1, id) ~= 0 and redis.call("ZREM", KEYS[2], id) ~= 0 then
         if redis.call("ZADD", KEYS[3], ARGV[i + 1], id) ~= 1 then
             ok = -1
         else

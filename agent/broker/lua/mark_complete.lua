@@ -1,9 +1,11 @@
 -- Success with retention: keep the task as completed until its retention ends.
+-- LREM count -1: from the oldest end of active, where finishing tasks are, stopping at the
+-- ID (asynq's 0 scans the whole list, which all agents of the queue share; an ID is in it once).
 -- KEYS[1] active, KEYS[2] lease, KEYS[3] completed, KEYS[4] task hash,
 -- KEYS[5] processed:<date>, KEYS[6] processed, KEYS[7] unique lock (optional)
 -- ARGV[1] task id, ARGV[2] daily stats expiry, ARGV[3] expiry (now + retention, unix s),
 -- ARGV[4] msg with completed_at, ARGV[5] max int64, ARGV[6] result (optional)
-if redis.call("LREM", KEYS[1], 0, ARGV[1]) == 0 then
+if redis.call("LREM", KEYS[1], -1, ARGV[1]) == 0 then
     return redis.error_reply("NOT FOUND")
 end
 if redis.call("ZREM", KEYS[2], ARGV[1]) == 0 then
