@@ -102,9 +102,10 @@ class Processor:
     # -- fetch loop ---------------------------------------------------------------------
 
     def eligible(self) -> list[str]:
-        """Queues we may take from now: not paused, under their limit, executor healthy."""
+        """Queues we may take from now: not paused, under their limit, executor healthy; by
+        weight with strict priority, else in configured order (a fetch draws its own)."""
         out = []
-        for queue in self.order.order():
+        for queue in self.order.order() if self.order.strict else self.queues:
             if queue in self.paused:
                 continue
             limit = self.limits.get(queue)
@@ -172,6 +173,14 @@ class Processor:
         counts = dict(Counter(self._rng.choices(queues, weights, k=want)))
         return {q: self._room(q, n) for q, n in counts.items()}
 
+    def _draw(self, queues: list[str]) -> str:
+        """One queue by weight: the first of asynq's weighted order, restricted to these."""
+        return self._rng.choices(queues, [self.order.weights.get(q, 1) for q in queues])[0]
+
+    def _weighted_order(self, queues: list[str]) -> list[str]:
+        allowed = set(queues)
+        return [q for q in self.order.order() if q in allowed]
+
     async def _fetch(self, queues: list[str], free: int) -> int:
         want = min(free, self.batch)
         try:
@@ -182,7 +191,7 @@ class Processor:
                 if len(candidates) > SPREAD_MAX_QUEUES:
                     # Many queues: one queue per round trip, drawn by weight (asynq's odds
                     # per dequeue), taking a whole batch, rather than one ID from each.
-                    first = candidates[0]  # eligible() lists them in weighted order already
+                    first = self._draw(candidates)
                     counts = {first: self._room(first, want)}
                 else:
                     counts = self._allocate(candidates, want)
@@ -198,7 +207,7 @@ class Processor:
                     self._drained_at = time.monotonic()
                 if not tasks:
                     self._drained.clear()
-                    tasks, more = await self._fetch_in_order(queues, want)
+                    tasks, more = await self._fetch_in_order(self._weighted_order(queues), want)
                     orphans += more
             else:
                 tasks, orphans = await self._fetch_in_order(queues, want)
