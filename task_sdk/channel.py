@@ -13,7 +13,10 @@ import json
 import os
 import sys
 import threading
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False  # typing stays unimported: child start-up cost
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 
 class ProtocolChannel:

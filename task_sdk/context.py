@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from collections import namedtuple
+
+# A namedtuple, not a dataclass: importing dataclasses (and inspect with it) costs every
+# child, and every one_shot task, several milliseconds of start-up.
+_Fields = namedtuple("_Fields", "id type queue retry_count max_retry deadline timeout")
 
 
-@dataclass(frozen=True, slots=True)
-class TaskContext:
-    """What the agent told the child about the task being handled.
+class TaskContext(_Fields):
+    """What the agent told the child about the task being handled (read-only).
 
-    ``deadline`` is a Unix timestamp in seconds (``None`` if the task has none) and ``timeout``
-    the task's timeout in seconds (``None`` if it only has a deadline, or neither).
+    ``id``, ``type``, ``queue``; ``retry_count`` and ``max_retry``; ``deadline`` is a Unix
+    timestamp in seconds (``None`` if the task has none) and ``timeout`` the task's timeout
+    in seconds (``None`` if it only has a deadline, or neither).
     """
 
-    id: str
-    type: str
-    queue: str
-    retry_count: int
-    max_retry: int
-    deadline: float | None
-    timeout: float | None
+    __slots__ = ()
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("task_sdk_current_task")

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from collections import namedtuple
 
-F = TypeVar("F", bound=Callable[..., Any])
+TYPE_CHECKING = False  # typing, inspect and dataclasses stay unimported: child start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar, overload
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+_CO_VARARGS, _CO_COROUTINE = 0x04, 0x80
 
 DEFAULT = "*"
 """Name under which the default handler (plain ``@task``) is registered and reported."""
 
 
-@dataclass(frozen=True, slots=True)
-class Handler:
-    """A registered handler and how to call it."""
+class Handler(namedtuple("Handler", "name func is_async ctx_mode")):
+    """A registered handler and how to call it. ``ctx_mode``: "none": handler(payload);
+    "positional": handler(payload, ctx); "keyword": handler(payload, ctx=...)."""
 
-    name: str
-    func: Callable[..., Any]
-    is_async: bool
-    ctx_mode: str  # "none": handler(payload); "positional": handler(payload, ctx); "keyword": ctx=
+    __slots__ = ()
 
 
 _handlers: dict[str, Handler] = {}
@@ -28,6 +29,16 @@ _loader: Callable[[], Any] | None = None
 
 
 def _ctx_mode(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    if code is not None and type(func).__name__ == "function" and not hasattr(func, "__wrapped__"):
+        # a plain function: read its code object (what inspect.signature would report)
+        positional = code.co_argcount  # positional-only ones included
+        if positional >= 2 or code.co_flags & _CO_VARARGS:
+            return "positional"
+        keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+        return "keyword" if "ctx" in keyword_only else "none"
+    import inspect  # other callables (partials, classes, methods): the general answer
+
     try:
         params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature: call with the payload only
@@ -40,6 +51,16 @@ def _ctx_mode(func: Callable[..., Any]) -> str:
     return "none"
 
 
+def is_coroutine_function(func: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction`` without importing inspect for plain functions."""
+    code = getattr(func, "__code__", None)
+    if code is not None and type(func).__name__ == "function":
+        return bool(code.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(func)
+
+
 def _register(name: str, func: F) -> F:
     if not callable(func):
         raise TypeError(f"@task must decorate a function, got {type(func).__name__}")
@@ -48,18 +69,20 @@ def _register(name: str, func: F) -> F:
     _handlers[name] = Handler(
         name=name,
         func=func,
-        is_async=inspect.iscoroutinefunction(func),
+        is_async=is_coroutine_function(func),
         ctx_mode=_ctx_mode(func),
     )
     return func
 
 
-@overload
-def task(func: F, /) -> F: ...
-@overload
-def task(type_name: str, /) -> Callable[[F], F]: ...
-@overload
-def task(*, name: str | None = None) -> Callable[[F], F]: ...
+if TYPE_CHECKING:
+
+    @overload
+    def task(func: F, /) -> F: ...
+    @overload
+    def task(type_name: str, /) -> Callable[[F], F]: ...
+    @overload
+    def task(*, name: str | None = None) -> Callable[[F], F]: ...
 
 
 def task(arg: Any = None, /, *, name: str | None = None) -> Any:

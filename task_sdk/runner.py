@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import contextvars
 import functools
-import inspect
 import json
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
+from collections import namedtuple
+from collections.abc import Awaitable
 
 from . import registry
 from .channel import ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
+
+# typing, inspect, dataclasses, traceback and base64 are not imported at start: every child,
+# and every one_shot task, pays for its imports (traceback and base64 load when needed)
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 
@@ -42,12 +43,10 @@ class StartupError(Exception):
     """Raised (and reported to the agent) when the child cannot start serving."""
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(namedtuple("Settings", "max_in_flight sync_threads")):
     """Limits the agent passes through the environment."""
 
-    max_in_flight: int
-    sync_threads: int
+    __slots__ = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,6 +54,12 @@ class Settings:
             max_in_flight=_positive_int_env("RUNDOWN_MAX_IN_FLIGHT", 1),
             sync_threads=_positive_int_env("RUNDOWN_SYNC_THREADS", 1),
         )
+
+
+def _traceback():
+    import traceback
+
+    return traceback
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -112,7 +117,7 @@ def _report_startup_error(channel: ProtocolChannel, message: str) -> None:
 
 def _exception_line(exc: BaseException) -> str:
     """``ExcType: message`` (the last line of a traceback), or just the type's name."""
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return _traceback().format_exception_only(type(exc), exc)[-1].strip()
 
 
 def _deadline_text(ctx: TaskContext, started_at: float) -> str:
@@ -142,7 +147,7 @@ class _Server:
         self.settings = Settings.from_env()
         self._check_handlers()
         loader = registry.loader()
-        if not self._inline_possible() or (loader is not None and inspect.iscoroutinefunction(loader)):
+        if not self._inline_possible() or (loader is not None and registry.is_coroutine_function(loader)):
             return False
         self._load(lambda value: _run_coroutine(value))
         self._announce()
@@ -180,10 +185,10 @@ class _Server:
             return None
         try:
             value = loader()
-            if inspect.isawaitable(value):
+            if isinstance(value, Awaitable):
                 value = resolve(value)
         except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
+            _traceback().print_exc(file=sys.stderr)
             raise StartupError(_exception_line(exc)) from exc
         self.ctx = value
         return value
@@ -212,10 +217,10 @@ class _Server:
         if loader is not None:
             try:
                 value = loader()
-                if inspect.isawaitable(value):
+                if isinstance(value, Awaitable):
                     value = await value
             except Exception as exc:
-                traceback.print_exc(file=sys.stderr)
+                _traceback().print_exc(file=sys.stderr)
                 raise StartupError(_exception_line(exc)) from exc
             self.ctx = value
         # The agent decides how many tasks a child holds; sync handlers beyond the thread
@@ -462,7 +467,7 @@ class _Server:
                 result = handler.func(payload, ctx=self.ctx)
             else:
                 result = handler.func(payload)
-            if inspect.isawaitable(result):  # a sync function that returned a coroutine
+            if isinstance(result, Awaitable):  # a sync function that returned a coroutine
                 result = _run_coroutine(result)
         except Exception as exc:
             return self._failure_for(task_id, ctx, started_at, exc)
@@ -470,7 +475,7 @@ class _Server:
 
     def _exception_response(self, task_id: str, exc: Exception) -> bytes:
         print(f"task_sdk: task {task_id} failed:", file=sys.stderr)
-        traceback.print_exception(exc, file=sys.stderr)
+        _traceback().print_exception(exc, file=sys.stderr)
         sys.stderr.flush()
         return _failure_line(
             task_id, _exception_line(exc), retry=True, error_type=type(exc).__name__
@@ -494,7 +499,7 @@ class _Server:
             result = await loop.run_in_executor(self.executor, context.run, call)
         finally:
             self.in_threads.discard(ctx.id)
-        if inspect.isawaitable(result):  # a sync function that returned a coroutine
+        if isinstance(result, Awaitable):  # a sync function that returned a coroutine
             result = await _with_deadline(result, ctx.deadline)
         return result
 
@@ -532,8 +537,10 @@ def _decode_payload(message: dict[str, Any]) -> Any:
         if not isinstance(encoded, str):
             raise ValueError("BadPayload: payload_b64 must be a base64 string")
         try:
+            import base64
+
             return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:  # binascii.Error is a ValueError
             raise ValueError(f"BadPayload: payload_b64 is not valid base64 ({exc})") from None
     return message.get("payload")
 

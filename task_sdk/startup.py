@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import traceback
-from types import TracebackType
 
 from .channel import protocol_channel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 def install_startup_error_hook() -> None:
@@ -22,6 +24,8 @@ def install_startup_error_hook() -> None:
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if not channel.ready_sent and not issubclass(exc_type, KeyboardInterrupt):
+            import traceback
+
             message = traceback.format_exception_only(exc_type, exc)[-1].strip()
             with contextlib.suppress(OSError):
                 channel.send({"status": "error", "error": message})

@@ -489,3 +489,61 @@ def test_retry_after_validates_its_delay():
     assert str(RetryAfter(2.5)) == "retry requested in 2.5s"
     with pytest.raises(ValueError, match="0 seconds or more"):
         RetryAfter(-1)
+
+
+def _ctx_mode_by_signature(func) -> str:
+    """The reference: what inspect.signature says about passing ctx."""
+    import inspect
+
+    params = list(inspect.signature(func).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
+        return "positional"
+    if any(p.name == "ctx" and p.kind is p.KEYWORD_ONLY for p in params):
+        return "keyword"
+    return "none"
+
+
+def test_handler_shapes_read_from_code_objects_match_inspect():
+    import functools
+    import inspect
+
+    from task_sdk import registry
+
+    def only(p): ...
+    def with_ctx(p, ctx): ...
+    def positional_only(p, /, ctx): ...
+    def keyword_ctx(p, *, ctx): ...
+    def keyword_other(p, *, other=None): ...
+    def var_args(*args): ...
+    def defaults(p, q=1): ...
+    def kwargs_only(p, **kw): ...
+    async def coro(p, ctx): ...
+    async def coro_kw(p, *, ctx=None): ...
+
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+        return wrapper
+
+    class Callable:
+        def __call__(self, p, ctx): ...
+
+        def method(self, p): ...
+
+    shapes = [only, with_ctx, positional_only, keyword_ctx, keyword_other, var_args, defaults,
+              kwargs_only, coro, coro_kw, decorator(with_ctx), decorator(only),
+              functools.partial(with_ctx, 1), Callable(), Callable().method, lambda p: p]
+    for func in shapes:
+        assert registry._ctx_mode(func) == _ctx_mode_by_signature(func), func
+        assert registry.is_coroutine_function(func) == inspect.iscoroutinefunction(func), func
+
+
+def test_importing_task_sdk_leaves_heavy_modules_unimported():
+    """Every child, and every one_shot task, pays for what task_sdk imports at start."""
+    code = ("import sys, task_sdk; heavy = ('typing', 'inspect', 'dataclasses', 'asyncio', "
+            "'traceback', 'base64'); print([m for m in heavy if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.stdout.strip() == "[]", out.stdout
