@@ -32,6 +32,7 @@ from agent.runtime.supervisor import (
     ChildPool,
     ChildSpec,
     ChildStartupError,
+    CrashTracker,
     Outcome,
     PoolUnavailable,
     RestartPolicy,
@@ -275,8 +276,8 @@ async def test_repeated_crashes_make_the_pool_unhealthy_until_a_restart_succeeds
         initial_delay=0.2, max_delay=2.0, factor=2.0, jitter=0.0, crash_window=60, max_crashes=3
     )
     pool = await pools(restart=policy)
-    for _ in range(3):
-        await serves(pool)
+    await serves(pool)
+    for _ in range(3):  # crashes in a row: each restarted child crashes before serving a task
         assert (await pool.run(request("exit", {"code": 1}))).kind == "retry"
     assert pool.healthy is False
     with pytest.raises(PoolUnavailable, match="failed 3 times within 60s"):
@@ -289,6 +290,43 @@ async def test_repeated_crashes_make_the_pool_unhealthy_until_a_restart_succeeds
     assert (await pool.execute(dequeued, time.time() + 5)).kind == "requeue"
     await serves(pool)  # the backoff probe restart succeeds
     assert pool.healthy is True
+
+
+async def test_crashes_between_served_tasks_are_not_a_crash_loop(pools):
+    """Poison tasks that kill their child fail on their own; the pool keeps serving, and the
+    restarts after them wait the initial delay, not a growing backoff."""
+    policy = RestartPolicy(
+        initial_delay=0.2, max_delay=30.0, factor=4.0, jitter=0.0, crash_window=60, max_crashes=3
+    )
+    pool = await pools(restart=policy)
+    for _ in range(5):
+        await serves(pool)
+        assert (await pool.run(request("exit", {"code": 1}))).kind == "retry"
+        assert pool.healthy is True
+        assert pool.crashes.next_delay() == 0.2  # a growing backoff: 0.2, 0.8, 3.2, ...
+    await serves(pool)
+
+
+def test_crash_tracker_streaks():
+    """Crashes in a row back off and trip the guard; a served task, or a quiet window,
+    starts the count again."""
+    now = [0.0]
+    policy = RestartPolicy(initial_delay=1, max_delay=60, factor=2, jitter=0, crash_window=60,
+                           max_crashes=3)
+    tracker = CrashTracker(policy, "q", clock=lambda: now[0], rand=lambda: 0.5)
+    tracker.record("a")
+    tracker.record("b")
+    assert tracker.next_delay() == 2 and tracker.healthy
+    tracker.served()
+    tracker.record("c")
+    assert tracker.next_delay() == 1 and tracker.healthy
+    tracker.record("d")
+    tracker.record("e")
+    assert tracker.next_delay() == 4 and not tracker.healthy
+    tracker.recovered()
+    now[0] += 61
+    tracker.record("f")
+    assert tracker.next_delay() == 1 and tracker.healthy
 
 
 async def test_failing_restarts_keep_the_pool_unhealthy(pools, tmp_path):

@@ -18,9 +18,9 @@ class RestartPolicy:
 
     The n-th crash in a row waits ``initial_delay * factor**(n-1)`` (capped at ``max_delay``),
     randomised by +-``jitter`` (a fraction). A crash more than ``crash_window`` seconds after
-    the previous one starts the sequence again. ``max_crashes`` crashes (or failed restarts)
-    within ``crash_window`` make the pool unhealthy: it takes no tasks until a restart, tried
-    with the same backoff, succeeds.
+    the previous one, or after a task was served since it, starts the sequence again.
+    ``max_crashes`` crashes (or failed restarts) in a row within ``crash_window`` make the pool
+    unhealthy: it takes no tasks until a restart, tried with the same backoff, succeeds.
     """
 
     initial_delay: float = 1.0
@@ -59,13 +59,19 @@ class CrashTracker:
         self._recent: deque[float] = deque()
         self._streak = 0
         self._last_crash: float | None = None
+        self._served = False
 
     def record(self, error: str) -> None:
         """A child crashed, or a (re)start failed."""
         now = self._clock()
         policy = self.policy
-        if self._last_crash is None or now - self._last_crash > policy.crash_window:
+        if self._served or self._last_crash is None or now - self._last_crash > policy.crash_window:
+            # Tasks were served since the last crash (or it was long ago): not a crash loop.
+            # A task that crashes its child is failed on its own; the backoff and the guard
+            # are for children that cannot serve at all.
             self._streak = 0
+            self._recent.clear()
+        self._served = False
         self._streak += 1
         self._last_crash = now
         self.last_error = error
@@ -82,6 +88,10 @@ class CrashTracker:
                 policy.crash_window,
                 error,
             )
+
+    def served(self) -> None:
+        """A child finished a task: the crashes before it were not a crash loop."""
+        self._served = True
 
     def recovered(self) -> None:
         """A (re)start succeeded: an unhealthy pool becomes healthy with a fresh window."""

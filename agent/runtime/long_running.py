@@ -106,7 +106,9 @@ class LongRunningPool(ChildPool):
         self._wake_waiters()
 
     def _child_free(self) -> None:
-        """A child finished a task: a ``run()`` waiting for room may go on."""
+        """A child finished a task: a ``run()`` waiting for room may go on, and the crash
+        accounting knows the pool serves."""
+        self.crashes.served()
         if self._waiters:
             self._wake_waiters()
 

@@ -88,6 +88,8 @@ class Processor:
         self._lane_open = broker.batching  # successes without retention go as done_many
         self._deletions: dict[str, list[tuple[InFlight, Outcome]]] = {}
         self._deletions_due = False
+        self._no_fetch = asyncio.Event()  # set while no dequeue call is in flight
+        self._no_fetch.set()
         self._all_done = asyncio.Event()  # set whenever nothing is in flight
         self._all_done.set()
         self._handlers: set[asyncio.Task] = set()
@@ -140,7 +142,11 @@ class Processor:
         if time.monotonic() - self._paused_checked > 1.0:
             await self._refresh_paused()
         queues = self.eligible()
-        took = await self._fetch(queues, free) if queues else 0
+        self._no_fetch.clear()
+        try:
+            took = await self._fetch(queues, free) if queues else 0
+        finally:
+            self._no_fetch.set()
         self._took_last = took > 0
         if took or not self.fetching:
             return
@@ -476,6 +482,10 @@ class Processor:
         Returns how many tasks were requeued. ``hurry`` (a second signal) ends the wait early.
         """
         self.stop_fetching()
+        # Tasks a fetch in flight brings are ours to finish or requeue: wait for it first.
+        started = time.monotonic()
+        await self._wait_or_stop(self._no_fetch.wait(), timeout)
+        timeout = max(0.0, timeout - (time.monotonic() - started))
         if self.in_flight:
             self._all_done.clear()
             waits = [asyncio.create_task(self._all_done.wait())]
