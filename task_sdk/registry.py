@@ -37,7 +37,12 @@ def _ctx_mode(func: Callable[..., Any]) -> str:
             return "positional"
         keyword_only = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
         return "keyword" if "ctx" in keyword_only else "none"
-    import inspect  # other callables (partials, classes, methods): the general answer
+    return _ctx_mode_by_signature(func)  # partials, classes, methods, wrapped functions
+
+
+def _ctx_mode_by_signature(func: Callable[..., Any]) -> str:
+    """The general answer, from ``inspect.signature``."""
+    import inspect
 
     try:
         params = list(inspect.signature(func).parameters.values())

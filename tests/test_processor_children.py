@@ -22,6 +22,7 @@ from agent.runtime.leases import LeaseKeeper
 from agent.runtime.processor import Processor
 from agent.runtime.supervisor import ChildSpec, build_child_env, create_pool
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from tests.test_processor import wait_for
 
 CHILDREN = Path(__file__).parent / "children"
 Q = "default"
@@ -74,15 +75,6 @@ class ChildHarness:
         await self.waiters.client.aclose()
         await self.broker.close()
         return requeued
-
-
-async def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def _state(r, task_id: str) -> bytes | None:

@@ -491,19 +491,6 @@ def test_retry_after_validates_its_delay():
         RetryAfter(-1)
 
 
-def _ctx_mode_by_signature(func) -> str:
-    """The reference: what inspect.signature says about passing ctx."""
-    import inspect
-
-    params = list(inspect.signature(func).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
-        return "positional"
-    if any(p.name == "ctx" and p.kind is p.KEYWORD_ONLY for p in params):
-        return "keyword"
-    return "none"
-
-
 def test_handler_shapes_read_from_code_objects_match_inspect():
     import functools
     import inspect
@@ -536,7 +523,7 @@ def test_handler_shapes_read_from_code_objects_match_inspect():
               kwargs_only, coro, coro_kw, decorator(with_ctx), decorator(only),
               functools.partial(with_ctx, 1), Callable(), Callable().method, lambda p: p]
     for func in shapes:
-        assert registry._ctx_mode(func) == _ctx_mode_by_signature(func), func
+        assert registry._ctx_mode(func) == registry._ctx_mode_by_signature(func), func
         assert registry.is_coroutine_function(func) == inspect.iscoroutinefunction(func), func
 
 
