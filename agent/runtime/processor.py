@@ -419,6 +419,10 @@ class Processor:
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.observer.redis_error("outcome", exc)
                 if not task.lease_valid():
+                    self.observer.lease_lost(task)
+                    log.warning("task %s (queue %s): Redis unreachable (%s) until its lease ran "
+                                "out; outcome %r not written, left to recovery",
+                                task.id, task.queue, exc, outcome.kind)
                     return "lease_lost"
                 await asyncio.sleep(1.0)
 
