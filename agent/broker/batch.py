@@ -74,7 +74,7 @@ class ScriptBatcher:
             if len(targets) == 1 and not isinstance(targets[0], tuple):
                 out[targets[0]] = merged_result
                 continue
-            for index, status in zip((t[0] for t in targets), _statuses(merged_result, len(targets)),
+            for index, status in zip((t[0] for t in targets), merged_statuses(merged_result, len(targets)),
                                      strict=True):
                 out[index] = status
         return out
@@ -178,8 +178,9 @@ def _merged(script: str, calls: list[ScriptCall]) -> ScriptCall:
                       [first.keys[0], first.keys[1], first.keys[2], first.keys[4], first.keys[5]], args)
 
 
-def _statuses(result, count: int) -> list:
-    """A merged call's per-task statuses as the single scripts would have answered."""
+def merged_statuses(result, count: int) -> list:
+    """A merged call's per-task statuses (or its error, for each) as the single scripts
+    would have answered."""
     if isinstance(result, Exception):
         return [result] * count
     out = []

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from agent.broker import keys, plans
-from agent.broker.batch import ScriptBatcher
+from agent.broker.batch import ScriptBatcher, merged_statuses
 from agent.broker.errors import (
     DuplicateTaskError,
     LeaseLostError,
@@ -280,20 +280,28 @@ class Broker:
                        on_written: Callable[[list[BaseException | None]], None]) -> None:
         """Success without retention for tasks of one queue, as one ``done_many`` call in
         this loop turn's pipeline (the same end state as ``complete`` for each); fenced by
-        the earliest lease. ``on_written`` gets one error or None per task, in order.
-        Callers check the leases first; needs ``batching``."""
+        the earliest lease. ``on_written`` gets one error or None per task, in order: like
+        ``write_outcome_soon``, a task whose lease has expired gets ``LeaseLostError`` and is
+        not written. Needs ``batching``."""
         assert self._batcher is not None
+        now = time.time()
+        errors: list[BaseException | None] = [
+            None if t.lease_valid(now) else LeaseLostError(t.queue, t.id) for t in tasks]
+        live = [t for t, error in zip(tasks, errors, strict=True) if error is None]
+        if not live:
+            on_written(errors)
+            return
         call = plans.done_many_call(
-            queue, [(t.id, t.message.unique_key if t.message else "") for t in tasks], time.time())
-        fence = min(t.lease_expiry for t in tasks) + LEASE_FENCE_GRACE
+            queue, [(t.id, t.message.unique_key if t.message else "") for t in live], now)
+        fence = min(t.lease_expiry for t in live) + LEASE_FENCE_GRACE
 
         def written(result) -> None:
-            if isinstance(result, BaseException):
-                on_written([self._outcome_error(t, result) for t in tasks])
-                return
-            on_written([None if status == 1 else TaskNotFoundError(
-                t.queue, t.id, "no longer active (recovered elsewhere?)") if status == 0 else
-                ResponseError(f"done_many answered {status!r}") for t, status in zip(tasks, result, strict=True)])
+            statuses = iter(merged_statuses(result, len(live)))
+            for i, error in enumerate(errors):
+                if error is None:
+                    status = next(statuses)
+                    errors[i] = None if status == b"OK" else self._outcome_error(tasks[i], status)
+            on_written(errors)
 
         self._batcher.submit(ScriptCall(call.script, call.keys, call.args, fence), written)
 

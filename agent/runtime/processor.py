@@ -242,9 +242,12 @@ class Processor:
         self.per_queue[task.queue] = self.per_queue.get(task.queue, 0) + 1
         self.leases.add(task)
         self.observer.task_started(task)
-        if self._start_directly(entry):
-            return
-        entry.handler = asyncio.create_task(self._handle(entry))
+        if not self._start_directly(entry):
+            self._in_handler(entry, self._handle(entry))
+
+    def _in_handler(self, entry: InFlight, coro) -> None:
+        """Run ``coro`` as the entry's handler task; the entry is finished when it ends."""
+        entry.handler = asyncio.create_task(coro)
         self._handlers.add(entry.handler)
         # A callback, not a ``finally``: it also runs for a task cancelled before it started.
         entry.handler.add_done_callback(lambda handler: self._handler_done(entry, handler))
@@ -289,8 +292,7 @@ class Processor:
         """An outcome for a task started directly: write it in this turn's pipeline."""
         task = entry.task
         if entry.interrupted in ("abandoned", "requeued"):
-            self.observer.task_dropped(task)
-            self._finish(entry)
+            self._drop(entry)
             return
         entry.recording = True
         if outcome.kind == "success" and self._lane_open and task.message and not task.message.retention:
@@ -318,17 +320,9 @@ class Processor:
 
     def _write_deletions(self) -> None:
         deletions, self._deletions, self._deletions_due = self._deletions, {}, False
-        now = time.time()
         for queue, lane in deletions.items():
-            valid = []
-            for item in lane:
-                if item[0].task.lease_expiry > now:
-                    valid.append(item)
-                else:
-                    self._written(item[0], item[1], "deleted", LeaseLostError(queue, item[0].task.id))
-            if valid:
-                self.broker.done_many_soon(queue, [entry.task for entry, _ in valid],
-                                           lambda errors, valid=valid: self._deleted(valid, errors))
+            self.broker.done_many_soon(queue, [entry.task for entry, _ in lane],
+                                       lambda errors, lane=lane: self._deleted(lane, errors))
 
     def _deleted(self, lane: list[tuple[InFlight, Outcome]], errors: list[BaseException | None]) -> None:
         finished = self.observer.task_finished
@@ -347,9 +341,7 @@ class Processor:
         elif isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)):
             # Redis trouble: retry the write in the slow path until the lease runs out.
             self.observer.redis_error("outcome", error)
-            entry.handler = asyncio.create_task(self._record_later(entry, outcome))
-            self._handlers.add(entry.handler)
-            entry.handler.add_done_callback(lambda handler: self._handler_done(entry, handler))
+            self._in_handler(entry, self._record_later(entry, outcome))
             return
         else:
             self._record_failed(task, error)
@@ -408,14 +400,8 @@ class Processor:
         while True:
             try:
                 return await self._write(task, outcome)
-            except LeaseLostError:
-                self.observer.lease_lost(task)
-                log.warning("task %s (queue %s): lease lost before its outcome could be written; "
-                            "left to recovery", task.id, task.queue)
-                return "lease_lost"
-            except TaskNotFoundError as exc:
-                log.warning("%s", exc)
-                return "not_found"
+            except (LeaseLostError, TaskNotFoundError) as exc:
+                return self._record_failed(task, exc)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 self.observer.redis_error("outcome", exc)
                 if not task.lease_valid():
@@ -472,8 +458,13 @@ class Processor:
         if why == "cancelled":
             self._answered(entry, Outcome("retry", error=CANCELED_ERROR))
         else:
-            self._answered(entry, Outcome("requeue"))  # dropped: interrupted says why
+            self._drop(entry)
         return True
+
+    def _drop(self, entry: InFlight) -> None:
+        """A task left without an outcome from us (abandoned, or requeued by the drain)."""
+        self.observer.task_dropped(entry.task)
+        self._finish(entry)
 
     def stop_fetching(self) -> None:
         self.fetching = False

@@ -63,9 +63,15 @@ async def test_a_merged_success_write_is_refused_when_late(redis_url, r):
         answers: asyncio.Future = asyncio.get_running_loop().create_future()
         broker.done_many_soon(Q, [tasks[0], _late(tasks[1])], answers.set_result)
         assert [type(x) for x in await answers] == [LeaseLostError] * 2
+        # a lease known locally to have expired: that task is not written, the others are
+        expired = DequeuedTask(*(getattr(tasks[2], f.name) for f in fields(tasks[2])))
+        expired.lease_expiry = int(time.time()) - 1
+        mixed: asyncio.Future = asyncio.get_running_loop().create_future()
+        broker.done_many_soon(Q, [expired, tasks[0]], mixed.set_result)
+        assert [type(x) for x in await mixed] == [LeaseLostError, type(None)]
         in_time: asyncio.Future = asyncio.get_running_loop().create_future()
-        broker.done_many_soon(Q, [tasks[0], tasks[2]], in_time.set_result)
-        assert await in_time == [None, None]
+        broker.done_many_soon(Q, [tasks[2]], in_time.set_result)
+        assert await in_time == [None]
         assert [m.decode() for m in r.lrange(keys.active(Q), 0, -1)] == [tasks[1].id]
         assert r.get(keys.processed_total(Q)) == b"2"
     finally:
