@@ -67,8 +67,10 @@ class AgentSetup:
 
 
 class AgentUnderTest:
-    def __init__(self, h: Harness, setup: AgentSetup, name: str) -> None:
+    def __init__(self, h: Harness, setup: AgentSetup, name: str,
+                 process_env: dict | None = None) -> None:
         self.h, self.setup, self.name = h, setup, name
+        self.process_env = dict(process_env or {})  # extra environment of the agent process
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = h.logdir / f"agent-{name}.log"
@@ -95,7 +97,7 @@ class AgentUnderTest:
         if self.h.profile_with == "cprofile":
             argv += ["-m", "cProfile", "-o", str(self.profile_path)]
         argv += ["-m", "agent.cli", "-config", str(self.config())]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.process_env}
         self.proc = self.h.procs.spawn(argv, name=f"agent-{self.name}", log_path=self.log_path, env=env)
         wait_until(self._ready, timeout, 0.05, f"agent {self.name} ready")
         self.h.procs.note_descendants(self.proc)

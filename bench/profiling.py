@@ -1,12 +1,15 @@
 """Where the agent's CPU goes during a drain: py-spy (from bench/.venv-peers) attached to the
 agent and to its child, from outside; nothing in the agent is changed. ``--profile cprofile``
-instead runs the agent under ``python -m cProfile`` (heavier, but needs no ptrace).
+instead runs the agent under ``python -m cProfile`` (heavier, but needs no ptrace);
+``--profile syscalls`` counts the system calls of the agent and its child with ``perf stat``
+(on a virtual machine a wake-up of another process is the dearest thing a task does).
 """
 
 from __future__ import annotations
 
 import pstats
 import re
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -91,3 +94,36 @@ def summarize_pstats(path: Path, top: int = 25) -> dict:
     return {"total_seconds": round(total, 3), "file": path.name,
             "self": [{"function": f, "percent": round(tt * 100 / total, 1), "calls": nc,
                       "cumulative_percent": round(ct * 100 / total, 1)} for tt, ct, nc, f in rows[:top]]}
+
+
+SYSCALLS = ("read", "write", "sendto", "recvfrom", "epoll_wait", "futex")
+
+
+def perf_binary() -> str | None:
+    return shutil.which("perf")
+
+
+class SyscallCount:
+    """``perf stat`` of a few system calls of one process (all its threads), until stopped."""
+
+    def __init__(self, h: Harness, pid: int, name: str) -> None:
+        self.out = h.logdir / f"perf-{name}.csv"
+        self.h = h
+        events = ",".join(f"syscalls:sys_enter_{c}" for c in SYSCALLS)
+        argv = [perf_binary() or "perf", "stat", "-x", ",", "-e", events, "-p", str(pid),
+                "-o", str(self.out)]
+        self.proc = h.procs.spawn(argv, name=f"perf-{name}", log_path=h.logdir / f"perf-{name}.log")
+
+    def finish(self, tasks: int) -> dict:
+        self.h.procs.stop(self.proc, grace=10.0, sig=signal.SIGINT)
+        if not self.out.exists():
+            return {"error": f"perf wrote no output ({self.out.name}); see its log"}
+        counts: dict = {}
+        for line in self.out.read_text(errors="replace").splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+                counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+        if not counts:
+            return {"error": f"perf counted nothing (permissions?); see {self.out.name}"}
+        return {"per_task": {k: round(v / max(tasks, 1), 4) for k, v in counts.items()},
+                "total": counts}

@@ -209,6 +209,10 @@ def print_report(results: dict, console: Console | None = None) -> None:
                 console.print("  inclusive (project code):")
                 for row in own[:12]:
                     console.print(f"  {row['percent']:5.1f}%  {row['function']}")
+        if p and p.get("per_task"):
+            under = (prof.get("drain_under_profiler") or {}).get("tasks_per_s")
+            console.print(f"[bold]system calls per task ({who})[/bold], drain at {under} tasks/s: "
+                          + ", ".join(f"{k} {v}" for k, v in p["per_task"].items()))
     for section, message in results.get("errors", {}).items():
         console.print(f"[red]error in {section}:[/red] {message}")
 

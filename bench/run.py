@@ -64,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pending", type=int, help="N of the many-pending scale run (full: 1,000,000)")
     p.add_argument("--n", type=int, help="N of the c=128 drains (and the floor)")
     p.add_argument("--no-peers", action="store_true", help="skip Dramatiq and arq")
-    p.add_argument("--profile", choices=("py-spy", "cprofile"),
-                   help="add a profiled c=128 drain (py-spy from the peers' venv, or cProfile)")
+    p.add_argument("--profile", choices=("py-spy", "cprofile", "syscalls"),
+                   help="add a profiled c=128 drain (py-spy from the peers' venv, cProfile, "
+                        "or system calls per task with perf stat)")
     p.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
     p.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/...)")
     p.add_argument("--markdown", type=Path, metavar="RESULTS_JSON",
@@ -230,6 +231,9 @@ class Suite:
             out["agent"] = profiling.summarize_pstats(self.h.logdir / "agent-c128-cprofile.pstats")
             self.runs["profile"] = out
             return
+        if self.args.profile == "syscalls":
+            self._count_syscalls(out, n)
+            return
         binary = peers.py_spy()
         if binary is None:
             peers.ensure_venv(self.h.logdir / "peers-pip.log")
@@ -250,6 +254,26 @@ class Suite:
         finally:
             for who, spy in spies.items():
                 out[who] = spy.finish()
+        self.runs["profile"] = out
+
+
+    def _count_syscalls(self, out: dict, n: int) -> None:
+        if profiling.perf_binary() is None:
+            raise RuntimeError("perf is not installed; --profile syscalls needs it")
+        counters: dict = {}
+
+        def attach(agent) -> None:
+            counters["agent"] = profiling.SyscallCount(self.h, agent.pid, "agent")
+            children = agent.children()
+            if children:
+                counters["child"] = profiling.SyscallCount(self.h, children[0].pid, "child")
+
+        try:
+            result, _ = self._drain("c128-syscalls", n, 128, on_running=attach)
+            out["drain_under_profiler"] = result
+        finally:
+            for who, counter in counters.items():
+                out[who] = counter.finish(n)
         self.runs["profile"] = out
 
 

@@ -13,30 +13,54 @@ import json
 import os
 import sys
 import threading
+from collections import deque
 
 TYPE_CHECKING = False  # typing stays unimported: child start-up cost
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any
 
 
 class ProtocolChannel:
     """Reads request lines from the agent and writes JSON lines back to it."""
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
-        self._reader: BinaryIO = os.fdopen(read_fd, "rb", buffering=65536)
+        self._read_fd = read_fd
+        self._lines: deque[bytes] = deque()  # complete lines read, not yet returned
+        self._partial: list[bytes] = []  # the start of a line whose end has not arrived
         self._write_fd = write_fd
         self._write_lock = threading.Lock()
         self.ready_sent = False
 
     def read_line(self) -> bytes | None:
         """The next request line (without its newline), or ``None`` at end of input."""
+        lines = self._lines
         while True:
-            line = self._reader.readline()
-            if not line:
-                return None
-            line = line.strip()
-            if line:
-                return line
+            while lines:
+                line = lines.popleft().strip()
+                if line:
+                    return line
+            data = os.read(self._read_fd, 65536)
+            if not data:
+                rest = b"".join(self._partial).strip()
+                self._partial = []
+                return rest or None
+            if b"\n" not in data:
+                self._partial.append(data)
+                continue
+            if self._partial:
+                data = b"".join(self._partial) + data
+                self._partial = []
+            *complete, tail = data.split(b"\n")
+            lines.extend(complete)
+            if tail:
+                self._partial.append(tail)
+
+    def line_waiting(self) -> bool:
+        """True when a request line has arrived and not been read (``read_line`` won't block)."""
+        lines = self._lines
+        while lines and not lines[0].strip():
+            lines.popleft()
+        return bool(lines)
 
     def send(self, message: dict[str, Any]) -> None:
         """Write one message as a single compact JSON line."""

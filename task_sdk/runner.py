@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 
+ANSWER_BATCH = 64  # answers written together at most (inline mode)
+ANSWER_HOLD = 0.001  # seconds an answer may wait for others (inline mode)
 _EOF = object()  # the agent closed our stdin
 _STOP = object()  # SIGTERM: finish what is in flight, take nothing new
 _WAKE = object()  # a task finished while stopping
@@ -138,6 +140,8 @@ class _Server:
         self.accepting = True
         self.executor: ThreadPoolExecutor | None = None
         self.semaphore: asyncio.Semaphore | None = None
+        self._held: list[bytes] = []  # answers not yet written
+        self._slow: set[Any] = set()  # inline mode: handlers whose last run was slow
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -169,8 +173,23 @@ class _Server:
         try:
             await self._dispatch()
         finally:
+            self._flush_answers()
             if self.executor is not None:
                 self.executor.shutdown(wait=False)
+
+    def _answer_soon(self, line: bytes) -> None:
+        """Queue an answer; all answers of one event-loop turn go out in one write."""
+        self._held.append(line)
+        if len(self._held) == 1:
+            import asyncio
+
+            asyncio.get_running_loop().call_soon(self._flush_answers)
+
+    def _flush_answers(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            self.channel.send_line(data)
 
     def _check_handlers(self) -> None:
         if not registry.handlers():
@@ -341,7 +360,7 @@ class _Server:
             self.cancel_requested.discard(task_id)
             if not self.accepting and not self.tasks:
                 self.inbox.put_nowait(_WAKE)
-        self.channel.send_line(line)
+        self._answer_soon(line)
 
     def _prepare(self, task_id: str, message: dict[str, Any]
                  ) -> tuple[TaskContext, registry.Handler, Any] | bytes:
@@ -412,6 +431,11 @@ class _Server:
             h.is_async for h in registry.handlers().values())
 
     def _serve_inline(self) -> None:
+        """Read, run, answer. While more requests are already waiting and handlers are
+        quick, answers are held and written together (one write and one wake-up of the
+        agent for many tasks). They are written before waiting for input, at ANSWER_BATCH
+        answers, once the oldest is ANSWER_HOLD seconds old, right after a task that took
+        longer than that, and before running a handler whose last run did."""
         stopping = False
 
         def on_sigterm(signum: int, frame: object) -> None:
@@ -421,23 +445,41 @@ class _Server:
                 raise _Stop
 
         busy = False
+        held = self._held
+        held_since = 0.0
+        channel = self.channel
+        clock = time.perf_counter
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             while not stopping:
+                if held and not channel.line_waiting():
+                    busy = True  # a SIGTERM now must not cut the write short
+                    self._flush_answers()
+                    busy = False
+                    if stopping:
+                        break
                 try:
-                    line = self.channel.read_line()
+                    line = channel.read_line()
                 except _Stop:
                     break
                 if line is None:
                     break
                 busy = True
+                started = clock()
                 answer = self._inline_line(line)
                 if answer is not None:
-                    self.channel.send_line(answer)
+                    if not held:
+                        held_since = started
+                    held.append(answer)
+                    now = clock()
+                    if (len(held) >= ANSWER_BATCH or now - held_since > ANSWER_HOLD
+                            or now - started > ANSWER_HOLD or self.once):
+                        self._flush_answers()
                 busy = False
                 if self.once and answer is not None:
                     break
         finally:
+            self._flush_answers()
             signal.signal(signal.SIGTERM, previous)
 
     def _inline_line(self, line: bytes) -> bytes | None:
@@ -458,19 +500,27 @@ class _Server:
         if isinstance(prepared, bytes):
             return prepared
         ctx, handler, payload = prepared
+        func = handler.func
+        if self._held and func in self._slow:
+            self._flush_answers()  # do not keep answers waiting through a slow handler
         started_at = time.time()
         _set_current(ctx)
         try:
             if handler.ctx_mode == "positional":
-                result = handler.func(payload, self.ctx)
+                result = func(payload, self.ctx)
             elif handler.ctx_mode == "keyword":
-                result = handler.func(payload, ctx=self.ctx)
+                result = func(payload, ctx=self.ctx)
             else:
-                result = handler.func(payload)
+                result = func(payload)
             if isinstance(result, Awaitable):  # a sync function that returned a coroutine
                 result = _run_coroutine(result)
         except Exception as exc:
             return self._failure_for(task_id, ctx, started_at, exc)
+        finally:
+            if time.time() - started_at > ANSWER_HOLD:
+                self._slow.add(func)
+            else:
+                self._slow.discard(func)
         return _success_line(task_id, result)
 
     def _exception_response(self, task_id: str, exc: Exception) -> bytes:

@@ -48,11 +48,12 @@ class ChildHarness:
         self._dispatch = self.processor._dispatch
         self.processor._dispatch = self._record_dispatch  # observe, not replace
 
-    def _record_dispatch(self, task) -> None:
-        self._dispatch(task)
-        entry = self.processor.in_flight.get(task.id)
-        if entry is not None and entry.executor is not None and entry.handler is None:
-            self.started_directly.add(task.id)
+    def _record_dispatch(self, tasks) -> None:
+        self._dispatch(tasks)
+        for task in tasks:
+            entry = self.processor.in_flight.get(task.id)
+            if entry is not None and entry.executor is not None and entry.handler is None:
+                self.started_directly.add(task.id)
 
     async def __aenter__(self) -> ChildHarness:
         loop = asyncio.get_running_loop()

@@ -534,3 +534,91 @@ def test_importing_task_sdk_leaves_heavy_modules_unimported():
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# -- answers written together ---------------------------------------------------------------
+
+BURST_APP = """
+from task_sdk import run, task
+import time
+
+@task("fast")
+def fast(payload):
+    return payload
+
+@task("slow")
+def slow(payload):
+    time.sleep(payload)
+    return payload
+
+run()
+"""
+
+
+def _write_syscalls(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+
+
+def _send_at_once(child: RawChild, messages: list[dict]) -> None:
+    assert child.proc.stdin is not None
+    child.proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+    child.proc.stdin.flush()
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/<pid>/io")
+def test_inline_answers_to_waiting_requests_go_out_together(children, app_file):
+    child = children(app_file(BURST_APP), RUNDOWN_MAX_IN_FLIGHT="500")
+    child.ready()
+    before = _write_syscalls(child.proc.pid)
+    _send_at_once(child, [{"task_id": f"t{i}", "type": "fast", "payload": i} for i in range(300)])
+    answers = [child.recv() for _ in range(300)]
+    writes = _write_syscalls(child.proc.pid) - before
+    assert sorted(a["result"] for a in answers) == list(range(300))
+    assert all(a["task_id"] == f"t{a['result']}" and a["error"] is None for a in answers)
+    assert writes <= 300 // 64 + 20, writes  # one write per task would be 300
+    assert child.ask("fast", "alone")["result"] == "alone"  # a lone request is answered at once
+
+
+def test_answers_do_not_wait_for_a_handler_known_to_be_slow(children, app_file):
+    child = children(app_file(BURST_APP), RUNDOWN_MAX_IN_FLIGHT="10")
+    child.ready()
+    assert child.ask("slow", 0.01)["result"] == 0.01  # now known to be slow
+    sent = time.monotonic()
+    _send_at_once(child, [{"task_id": "a", "type": "fast", "payload": 1},
+                          {"task_id": "b", "type": "fast", "payload": 2},
+                          {"task_id": "s", "type": "slow", "payload": 2.0}])
+    first_two = {child.recv()["task_id"], child.recv()["task_id"]}
+    assert first_two == {"a", "b"} and time.monotonic() - sent < 1.5
+    assert child.recv()["task_id"] == "s"
+
+
+def test_protocol_channel_reads_lines_across_chunks(tmp_path):
+    from task_sdk.channel import ProtocolChannel
+
+    read_fd, write_fd = os.pipe()
+    out_r, out_w = os.pipe()
+    channel = ProtocolChannel(read_fd, out_w)
+    os.write(write_fd, b'{"a": 1}\n\n  {"b"')
+    assert channel.read_line() == b'{"a": 1}'
+    assert not channel.line_waiting()  # the blank line is skipped when read, the rest is partial
+    os.write(write_fd, b': 2}\r\n{"c": 3}\n{"d"')
+    assert channel.read_line() == b'{"b": 2}'
+    assert channel.line_waiting()
+    assert channel.read_line() == b'{"c": 3}'
+
+
+    def write_slowly() -> None:  # a long line arriving over several reads
+        for _ in range(5):
+            os.write(write_fd, b"x" * 50_000)
+            time.sleep(0.02)
+        os.write(write_fd, b": 4}")
+        os.close(write_fd)
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    assert channel.read_line() == b'{"d"' + b"x" * 250_000 + b": 4}"  # its end at end of input
+    assert channel.read_line() is None
+    writer.join()
+    for fd in (read_fd, out_r, out_w):
+        os.close(fd)

@@ -40,9 +40,6 @@ class Metrics(Observer):
 
     # Observer hooks -------------------------------------------------------------------
 
-    def task_started(self, task: DequeuedTask) -> None:
-        self.in_flight[task.queue] += 1
-
     def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None:
         queue = task.queue
         task_type = task.message.type if task.message else ""
@@ -54,6 +51,21 @@ class Metrics(Observer):
         if histogram is None:
             histogram = self.durations[queue] = DurationHistogram(DURATION_BUCKETS)
         histogram.observe(seconds)
+
+    def tasks_started(self, queue: str, count: int) -> None:
+        self.in_flight[queue] += count
+
+    def tasks_deleted(self, queue: str, tasks: list[DequeuedTask], seconds: list[float]) -> None:
+        """``task_finished`` with a success outcome and state "deleted", for a batch of one
+        queue's tasks (the hot path's common end)."""
+        self.in_flight[queue] -= len(tasks)
+        counts = self.tasks
+        for task in tasks:
+            counts[queue, task.message.type if task.message else "", "deleted"] += 1
+        histogram = self.durations.get(queue)
+        if histogram is None:
+            histogram = self.durations[queue] = DurationHistogram(DURATION_BUCKETS)
+        histogram.observe_many(seconds)
 
     def task_dropped(self, task: DequeuedTask) -> None:
         """A task left without an outcome (requeued at shutdown, cancelled, lease lost)."""
@@ -83,6 +95,12 @@ class DurationHistogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_many(self, values: list[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self.sum += sum(values)
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, total = [], 0

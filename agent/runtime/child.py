@@ -35,6 +35,7 @@ from agent.runtime.protocol import (
     encode_request,
     outcome_from_response,
     parse_line,
+    success_answer,
     task_id_of_head,
 )
 from agent.runtime.task_request import TaskRequest
@@ -121,6 +122,7 @@ class Child:
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._outbox: list[bytes] = []
+        self._reading = False  # inside _stdout_data: one "free" notice for all its answers
         self._stdout = LineSplitter(spec.line_limit)
         self._stderr = LineSplitter(STDERR_LINE_LIMIT)
         self._stdout_eof = asyncio.Event()
@@ -319,6 +321,11 @@ class Child:
         self.tasks_done += 1
         self._deadlines.pop(task_id, None)
         self._cancelled.discard(task_id)
+        if not self._reading:
+            self._freed()
+
+    def _freed(self) -> None:
+        """Room for more tasks: tell the pool (once per chunk of answers read)."""
         if not self._pending:
             self._idle.set()
         if self._on_free is not None:
@@ -404,13 +411,32 @@ class Child:
         self._transport = transport
         self.pid = transport.get_pid()
         stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
+        assert stdin is not None
         # Requests are bounded by max_in_flight, so writes need no back-pressure (no drain).
         self._stdin = stdin
 
     def _stdout_data(self, data: bytes) -> None:
-        for item in self._stdout.feed(data):
-            self._stdout_line(item)
+        done = self.tasks_done
+        pending = self._pending
+        self._reading = True
+        try:
+            for item in self._stdout.feed(data):
+                # the hot path: a success answer for a task we run, without classification
+                answer = success_answer(item) if type(item) is bytes else None
+                on_outcome = pending.pop(answer[0], None) if answer is not None else None
+                if on_outcome is None:
+                    self._stdout_line(item)
+                    continue
+                self._task_finished(answer[0])
+                try:
+                    on_outcome(answer[1])
+                except Exception:  # noqa: BLE001 - the other answers of the chunk still count
+                    log.exception("queue %s: handling the answer for task %s failed",
+                                  self.spec.queue, answer[0])
+        finally:
+            self._reading = False
+            if self.tasks_done != done:
+                self._freed()
 
     def _stdout_line(self, item: bytes | OversizedLine) -> None:
         if isinstance(item, OversizedLine):
@@ -646,8 +672,8 @@ class _Pipes(asyncio.SubprocessProtocol):
         self._child = child
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._child._connected(transport)
+        # uvloop's transports implement the interface without subclassing asyncio's classes
+        self._child._connected(transport)  # type: ignore[arg-type]
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd == 1:

@@ -49,6 +49,19 @@ class LeaseKeeper:
             if self._tasks.get(task.id) is task:
                 del self._tasks[task.id]
 
+    def add_many(self, tasks: list[DequeuedTask]) -> None:
+        with self._lock:
+            held = self._tasks
+            for task in tasks:
+                held[task.id] = task
+
+    def remove_many(self, tasks: list[DequeuedTask]) -> None:
+        with self._lock:
+            held = self._tasks
+            for task in tasks:
+                if held.get(task.id) is task:
+                    del held[task.id]
+
     def held(self) -> list[DequeuedTask]:
         with self._lock:
             return list(self._tasks.values())

@@ -35,9 +35,12 @@ DEADLINE_ERROR = "context deadline exceeded"
 class Observer:
     """Hooks for metrics; the default does nothing."""
 
-    def task_started(self, task: DequeuedTask) -> None: ...
+    def tasks_started(self, queue: str, count: int) -> None: ...
 
     def task_finished(self, task: DequeuedTask, outcome: Outcome, state: str, seconds: float) -> None: ...
+
+    def tasks_deleted(self, queue: str, tasks: list[DequeuedTask], seconds: list[float]) -> None:
+        """Successes without retention of one queue, as a batch (state "deleted")."""
 
     def task_dropped(self, task: DequeuedTask) -> None: ...
 
@@ -225,8 +228,7 @@ class Processor:
         self.last_dequeue_ok = time.monotonic()
         for orphan in orphans:
             log.warning("a task ID had no task hash and was dropped: %s", orphan)
-        for task in tasks:
-            self._dispatch(task)
+        self._dispatch(tasks)
         return len(tasks)
 
     async def _fetch_in_order(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
@@ -236,14 +238,24 @@ class Processor:
             self.observer.dequeued(tasks[0].queue, len(tasks))
         return tasks, orphans
 
-    def _dispatch(self, task: DequeuedTask) -> None:
-        entry = InFlight(task, time.monotonic())
-        self.in_flight[task.id] = entry
-        self.per_queue[task.queue] = self.per_queue.get(task.queue, 0) + 1
-        self.leases.add(task)
-        self.observer.task_started(task)
-        if not self._start_directly(entry):
-            self._in_handler(entry, self._handle(entry))
+    def _dispatch(self, tasks: list[DequeuedTask]) -> None:
+        """Hold and start the tasks of one fetch (one lease registration, one count per queue)."""
+        if not tasks:
+            return
+        now = time.monotonic()
+        in_flight, per_queue = self.in_flight, self.per_queue
+        self.leases.add_many(tasks)
+        started: dict[str, int] = {}
+        for task in tasks:
+            queue = task.queue
+            started[queue] = started.get(queue, 0) + 1
+            per_queue[queue] = per_queue.get(queue, 0) + 1
+        for queue, count in started.items():
+            self.observer.tasks_started(queue, count)
+        for task in tasks:
+            entry = in_flight[task.id] = InFlight(task, now)
+            if not self._start_directly(entry):
+                self._in_handler(entry, self._handle(entry))
 
     def _in_handler(self, entry: InFlight, coro) -> None:
         """Run ``coro`` as the entry's handler task; the entry is finished when it ends."""
@@ -276,12 +288,18 @@ class Processor:
         self._finish(entry)
 
     def _finish(self, entry: InFlight) -> None:
-        task = entry.task
-        if self.in_flight.get(task.id) is entry:
-            del self.in_flight[task.id]
-        self.per_queue[task.queue] -= 1
-        self.leases.remove(task)
-        if not self.in_flight:
+        self._finish_many([entry], [entry.task])
+
+    def _finish_many(self, entries: list[InFlight], tasks: list[DequeuedTask]) -> None:
+        """These tasks are no longer ours (``tasks``: their ``task``, in the same order)."""
+        in_flight, per_queue = self.in_flight, self.per_queue
+        for entry in entries:
+            task = entry.task
+            if in_flight.get(task.id) is entry:
+                del in_flight[task.id]
+            per_queue[task.queue] -= 1
+        self.leases.remove_many(tasks)
+        if not in_flight:
             self._all_done.set()
         self._slot_freed.set()
         self.signal.notify()
@@ -325,14 +343,17 @@ class Processor:
                                        lambda errors, lane=lane: self._deleted(lane, errors))
 
     def _deleted(self, lane: list[tuple[InFlight, Outcome]], errors: list[BaseException | None]) -> None:
-        finished = self.observer.task_finished
-        now = time.monotonic()
+        done: list[InFlight] = []
         for (entry, outcome), error in zip(lane, errors, strict=True):
             if error is None:
-                finished(entry.task, outcome, "deleted", now - entry.started)
-                self._finish(entry)
+                done.append(entry)
             else:
                 self._written(entry, outcome, "deleted", error)
+        if done:
+            now = time.monotonic()
+            tasks = [entry.task for entry in done]
+            self.observer.tasks_deleted(tasks[0].queue, tasks, [now - entry.started for entry in done])
+            self._finish_many(done, tasks)
 
     def _written(self, entry: InFlight, outcome: Outcome, state: str, error: BaseException | None) -> None:
         task = entry.task

@@ -250,6 +250,30 @@ def parse_line(line: bytes) -> list[ChildMessage]:
     return [Output(_text(line))]
 
 
+def success_answer(line: bytes) -> tuple[str, Outcome] | None:
+    """The common line, a task's success answer, read without the general classification:
+    (task id, outcome) exactly as ``parse_line`` and ``outcome_from_response`` would give
+    them, or None for any other line (which then takes the general path)."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(value) is not dict:
+        return None
+    task_id = value.get("task_id")
+    if type(task_id) is not str or not task_id:
+        return None
+    error = value.get("error")
+    if not (error is None or error is False or error == ""):
+        return None
+    if "result" not in value:
+        return task_id, Outcome("success")
+    try:
+        return task_id, Outcome("success", result=encode_result(value["result"]))
+    except ValueError:
+        return None
+
+
 def _loads(line: bytes) -> Any:
     try:
         return orjson.loads(line)

@@ -21,6 +21,7 @@ from agent.runtime.protocol import (
     encode_request,
     outcome_from_response,
     parse_line,
+    success_answer,
     task_id_of_head,
 )
 from agent.runtime.task_request import TaskRequest
@@ -65,6 +66,23 @@ def test_parse_line_never_raises_and_outcomes_are_valid(line):
                 json.loads(outcome.result)  # what is stored is JSON
         if isinstance(message, Output):
             assert isinstance(message.text, str)
+
+
+@bounded(400)
+@given(st.one_of(st.binary(max_size=200), protocol_objects.map(_line_of),
+                 st.fixed_dictionaries({"task_id": st.text(min_size=1)},
+                                       optional={"result": json_values, "error": json_values})
+                 .map(_line_of),
+                 st.tuples(st.binary(max_size=5), protocol_objects.map(_line_of)).map(b"".join)))
+def test_success_fast_path_agrees_with_the_general_path(line):
+    """Where the hot path reads a line (a success), it reads it as the general path does;
+    any line it declines goes the general way."""
+    general = parse_line(line)
+    fast = success_answer(line)
+    if fast is None:
+        return
+    assert len(general) == 1 and isinstance(general[0], Response)
+    assert (general[0].task_id, outcome_from_response(general[0])) == fast
 
 
 @bounded(200)
