@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from agent.broker.plans import ScriptCall
+from agent.broker.plans import ScriptCall, done_many_args
 from agent.broker.scripts import fenced, source
 
 log = logging.getLogger("agent.broker")
@@ -161,10 +161,9 @@ def _merged(script: str, calls: list[ScriptCall]) -> ScriptCall:
         # done: keys active, lease, task, day, total[, unique]; args id, expiry, maxint
         task_id = first.args[0]
         prefix = first.keys[2][: len(first.keys[2]) - len(task_id)]
-        args: list = [first.args[1], first.args[2], prefix]
-        for call in calls:
-            args += [call.args[0], call.keys[5] if len(call.keys) > 5 else ""]
-        return ScriptCall("done_many", [first.keys[0], first.keys[1], first.keys[3], first.keys[4]], args)
+        tasks = [(call.args[0], call.keys[5] if len(call.keys) > 5 else "") for call in calls]
+        return ScriptCall("done_many", [first.keys[0], first.keys[1], first.keys[3], first.keys[4]],
+                          done_many_args(first.args[1], prefix, tasks))
     # mark_complete: keys active, lease, completed, task, day, total[, unique];
     # args id, stats expiry, expire at, msg, maxint[, result]
     task_id = first.args[0]

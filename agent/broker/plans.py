@@ -100,14 +100,22 @@ def done_call(msg: TaskMessage, now: float) -> ScriptCall:
     return ScriptCall("done", call_keys, [msg.id, _stats_expiry(now), MAX_INT64])
 
 
-def done_many_call(queue: str, tasks: list[tuple[str, str]], now: float) -> ScriptCall:
+def done_many_call(queue: str, tasks: list[tuple[str | bytes, str]], now: float) -> ScriptCall:
     """``done`` for many tasks of one queue in one call; ``tasks``: (task id, unique key or "")."""
     call_keys = [keys.active(queue), keys.lease(queue), keys.processed_day(queue, now),
                  keys.processed_total(queue)]
-    args: list = [_stats_expiry(now), MAX_INT64, keys.task_prefix(queue)]
-    for task_id, unique_key in tasks:
-        args += (task_id, unique_key)
-    return ScriptCall("done_many", call_keys, args)
+    return ScriptCall("done_many", call_keys, done_many_args(_stats_expiry(now), keys.task_prefix(queue), tasks))
+
+
+def done_many_args(stats_expiry: int, prefix: str, tasks: list[tuple[str | bytes, str]]) -> list:
+    """done_many.lua's arguments: the IDs, then (position, lock) for the tasks with a unique
+    lock, so the common task costs one argument to pack and send."""
+    args: list = [stats_expiry, MAX_INT64, prefix, len(tasks)]
+    args += [task_id for task_id, _ in tasks]
+    for position, (_, lock) in enumerate(tasks, 1):
+        if lock:
+            args += (position, lock)
+    return args
 
 
 def mark_complete_call(msg: TaskMessage, now: float, result: bytes | None = None) -> ScriptCall:
