@@ -279,6 +279,11 @@ def markdown(results: dict) -> str:
     enq = runs.get("enqueue") or {}
     one = runs.get("one_shot") or {}
     out.append("")
+    reps = _get(runs, "drain_c128", "repetitions") or []
+    if len(reps) > 1:
+        out.append(f"The c=128 sync drain ran {len(reps)} times (the table shows the median run): "
+                   + ", ".join(f"{_fmt(r['tasks_per_s'])}/s at {r['agent_cpu_us_per_task']} µs"
+                               for r in reps) + ". ")
     if enq:
         out.append(f"Enqueue: {_fmt(enq.get('single_per_s'))}/s one at a time, {_fmt(enq.get('batched_per_s'))}/s "
                    f"batched ({enq.get('batch')} per round trip). ")
