@@ -26,7 +26,7 @@ from agent.runtime.wakeup import QueueWaiters, WorkSignal
 log = logging.getLogger("agent.runtime")
 
 CANCELED_ERROR = "context canceled"
-DRAINED_MEMORY = 0.05
+DRAINED_MEMORY = 0.2  # seconds a queue found empty is left out of weighted draws under load
 SPREAD_MAX_QUEUES = 4  # up to this many queues, a fetch spreads its slots over them by weight
 GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load
 DEADLINE_ERROR = "context deadline exceeded"
@@ -97,8 +97,8 @@ class Processor:
         self._all_done.set()
         self._handlers: set[asyncio.Task] = set()
         self._paused_checked = 0.0
-        self._drained: set[str] = set()
-        self._drained_at = 0.0
+        self._empty_at: dict[str, float] = {}  # queue -> when a dequeue last found it empty
+        self._executors: dict[str, Executor] = {}
         self._min_fetch = max(1, min(batch, concurrency // 8))
         self._took_last = False
         self._waited_for_slots = False
@@ -116,10 +116,16 @@ class Processor:
             limit = self.limits.get(queue)
             if limit is not None and self.per_queue[queue] >= limit:
                 continue
-            if not self.executor_for(queue).healthy:
+            if not self._executor(queue).healthy:
                 continue
             out.append(queue)
         return out
+
+    def _executor(self, queue: str) -> Executor:
+        executor = self._executors.get(queue)
+        if executor is None:
+            executor = self._executors[queue] = self.executor_for(queue)
+        return executor
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stop_fetching``. Never sleeps on a fixed poll."""
@@ -194,30 +200,7 @@ class Processor:
         want = min(free, self.batch)
         try:
             if len(queues) > 1 and not self.order.strict:
-                if time.monotonic() - self._drained_at > DRAINED_MEMORY:
-                    self._drained.clear()
-                candidates = [q for q in queues if q not in self._drained] or queues
-                if len(candidates) > SPREAD_MAX_QUEUES:
-                    # Many queues: one queue per round trip, drawn by weight (asynq's odds
-                    # per dequeue), taking a whole batch, rather than one ID from each.
-                    first = self._draw(candidates)
-                    counts = {first: self._room(first, want)}
-                else:
-                    counts = self._allocate(candidates, want)
-                tasks, orphans, taken = await self.broker.dequeue_counts(counts)
-                for queue, n in taken.items():
-                    if n:
-                        self.observer.dequeued(queue, n)
-                # A queue that gave less than asked is empty for now: leave it out of the
-                # next few allocations (a short memory, so new work there is not starved).
-                newly = {q for q, n in counts.items() if taken.get(q, 0) < n} - self._drained
-                if newly:
-                    self._drained |= newly
-                    self._drained_at = time.monotonic()
-                if not tasks:
-                    self._drained.clear()
-                    tasks, more = await self._fetch_in_order(self._weighted_order(queues), want)
-                    orphans += more
+                tasks, orphans = await self._fetch_weighted(queues, want)
             else:
                 tasks, orphans = await self._fetch_in_order(queues, want)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -230,6 +213,40 @@ class Processor:
             log.warning("a task ID had no task hash and was dropped: %s", orphan)
         self._dispatch(tasks)
         return len(tasks)
+
+    async def _fetch_weighted(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
+        """One round trip by weight among the queues not recently found empty; if that
+        brings nothing, the other such queues in weighted order (a round trip each, until
+        one gives). Queues found empty are left out for DRAINED_MEMORY seconds; when all
+        are, all are tried again (an idle agent waits on all of them anyway)."""
+        now = time.monotonic()
+        empty_at = self._empty_at
+        candidates = [q for q in queues if now - empty_at.get(q, -DRAINED_MEMORY) >= DRAINED_MEMORY]
+        if not candidates:
+            candidates = queues  # all recently empty: look again (new work may have come)
+        if len(candidates) > SPREAD_MAX_QUEUES:
+            # Many queues: one queue per round trip, drawn by weight (asynq's odds per
+            # dequeue), taking a whole batch, rather than one ID from each.
+            first = self._draw(candidates)
+            counts = {first: self._room(first, want)}
+        else:
+            counts = self._allocate(candidates, want)
+        tasks, orphans, taken = await self.broker.dequeue_counts(counts)
+        for queue, n in taken.items():
+            if n:
+                self.observer.dequeued(queue, n)
+            if n < counts[queue]:  # gave less than asked: empty for now
+                empty_at[queue] = now
+        if tasks:
+            return tasks, orphans
+        rest = [q for q in self._weighted_order(candidates) if q not in counts]
+        more, dropped = await self._fetch_in_order(rest, want)
+        gave = more[0].queue if more else None
+        for queue in rest:
+            if queue == gave:
+                break
+            empty_at[queue] = now
+        return more, orphans + dropped
 
     async def _fetch_in_order(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
         """Try queues in priority order; stop at the first that yields tasks."""
@@ -270,7 +287,7 @@ class Processor:
         task = entry.task
         if task.message is None:
             return False
-        executor = self.executor_for(task.queue)
+        executor = self._executor(task.queue)
         start = getattr(executor, "start_task", None)
         if start is None:
             return False
