@@ -35,26 +35,6 @@ class ScriptBatcher:
         self._add(call, future)
         return await future
 
-    async def run_all(self, calls: Sequence[ScriptCall]) -> list:
-        """Run ``calls`` in this loop turn's pipeline (beside the outcome writes of the turn:
-        one round trip for both); their results or errors, in order, never raised."""
-        results: list = [None] * len(calls)
-        if not calls:
-            return results
-        future = asyncio.get_running_loop().create_future()
-        left = len(calls)
-
-        def deliver(index: int, result) -> None:
-            nonlocal left
-            results[index] = result
-            left -= 1
-            if left == 0 and not future.done():
-                future.set_result(results)
-
-        for index, call in enumerate(calls):
-            self._add(call, lambda result, index=index: deliver(index, result))
-        return await future
-
     def submit(self, call: ScriptCall, on_result: Callable[[object], None]) -> None:
         """``run`` without a future: ``on_result`` gets the result or the exception."""
         self._add(call, on_result)

@@ -169,7 +169,7 @@ class Broker:
         now = time.time()
         queues = [q for q, n in counts.items() if n > 0]
         calls = [plans.dequeue_call(q, now, counts[q], lease_seconds) for q in queues]
-        replies = await self._batcher.run_all(calls) if self._batcher else [
+        replies = await self._batcher.execute(calls) if self._batcher else [
             await self._run(c) for c in calls]
         expiry = int(now) + lease_seconds
         tasks: list[DequeuedTask] = []
