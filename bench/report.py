@@ -33,8 +33,11 @@ def ratios(results: dict) -> dict:
             out[f"agent_over_{peer}"] = round(agent / rate, 2)
     for name in ("scale_pending", "scale_queues"):
         rate = _get(runs, name, "tasks_per_s")
+        # against the single-queue drains just before and after it when the run has them
+        # (the same minutes), else against the c=128 drain
+        refs = [r["tasks_per_s"] for r in _get(runs, name, "single_queue_reference") or [] if r.get("tasks_per_s")]
         if rate:
-            out[f"{name}_over_single_queue"] = round(rate / agent, 3)
+            out[f"{name}_over_single_queue"] = round(rate / (sum(refs) / len(refs) if refs else agent), 3)
     c10 = _get(runs, "drain_c10", "tasks_per_s")
     if c10:
         out["c10_over_c128"] = round(c10 / agent, 3)
@@ -293,6 +296,13 @@ def markdown(results: dict) -> str:
                    f"{s['python_bare_ms']} ms, `import asyncio` {s.get('python_import_asyncio_ms')} ms, "
                    f"`import task_sdk` {s['python_import_task_sdk_ms']} ms, the one_shot app's start and exit "
                    f"{s['one_shot_child_start_exit_ms']} ms. ")
+    for name, label in (("scale_pending", "many pending"), ("scale_queues", "50 weighted sub-queues")):
+        refs = _get(runs, name, "single_queue_reference")
+        if refs:
+            out.append(f"The {label} run against single-queue c=128 drains just before and after it: "
+                       f"{_fmt(_get(runs, name, 'tasks_per_s'))}/s against "
+                       + " and ".join(f"{_fmt(r['tasks_per_s'])}/s" for r in refs)
+                       + f" ({_get(results, 'ratios', name + '_over_single_queue')}). ")
     wc = _get(runs, "scale_queues", "weight_check")
     if wc:
         out.append(f"Weights over a backlog: the higher-weight half of the 50 queues did "

@@ -39,15 +39,15 @@ SIZES = {
     # CI: proves every section still runs; the figures mean little
     "smoke": dict(single=300, c10=2_000, c128=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
                   pending=5_000, queues50=5_000, big=100, one_shot=20, startup_reps=3,
-                  c128_reps=1),
+                  c128_reps=1, reference=2_000),
     # under ~3 minutes on a 2-core machine (plus the peers' virtualenv on the first run)
     "quick": dict(single=3_000, c10=20_000, c128=60_000, latency=60, idle=3.0, floor=60_000,
                   peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100,
-                  startup_reps=5, c128_reps=1),
+                  startup_reps=5, c128_reps=1, reference=50_000),
     # the README figures
     "full": dict(single=10_000, c10=100_000, c128=300_000, latency=200, idle=10.0, floor=300_000,
                  peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500,
-                 startup_reps=10, c128_reps=3),
+                 startup_reps=10, c128_reps=3, reference=150_000),
 }
 SECTIONS = ("enqueue", "drain_c10", "drain_c128", "drain_c128_async", "floor", "peers",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
@@ -188,18 +188,35 @@ class Suite:
                 out[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 self.results["errors"][f"peers.{name}"] = out[name]["error"]
 
+    def _single_queue_reference(self) -> dict:
+        """A short single-queue c=128 drain, run just before and just after a scale run:
+        the scale ratio compares with the same minutes (the machine's speed drifts)."""
+        result, _ = self._drain("reference", self.sizes["reference"], 128)
+        return {"tasks_per_s": result["tasks_per_s"], "agent_cpu_us_per_task": result["agent_cpu_us_per_task"],
+                "redis_cpu_us_per_task": result["redis_cpu_us_per_task"]}
+
+    def _paired(self, section: str, scale_run) -> None:
+        before = self._single_queue_reference()
+        result = scale_run()
+        after = self._single_queue_reference()
+        result["single_queue_reference"] = [before, after]
+        self.runs[section] = result
+
     def scale_pending(self) -> None:
         n = self.args.pending or self.sizes["pending"]
-        result, _ = self._drain("pending", n, 128, enqueue_procs=2)
-        self.runs["scale_pending"] = result
+        self._paired("scale_pending", lambda: self._drain("pending", n, 128, enqueue_procs=2)[0])
 
     def scale_queues(self) -> None:
         # 50 weighted sub-queues of one parent queue: one deployment and one child, as in
         # the single-queue run, so the figure isolates dequeueing across 50 queues.
         queues = [(f"bench.q{i:02d}", 1 + i % 10) for i in range(50)]
-        result, _ = self._drain("queues50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
-        result["weights"] = "sub-queues bench.q00..bench.q49 of one parent, weight 1 + i % 10"
-        self.runs["scale_queues"] = result
+
+        def run() -> dict:
+            result, _ = self._drain("queues50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
+            result["weights"] = "sub-queues bench.q00..bench.q49 of one parent, weight 1 + i % 10"
+            return result
+
+        self._paired("scale_queues", run)
 
     def scale_queues_parents(self) -> None:
         # the same 50 queues as separate parent queues: one child pool (one child) each
