@@ -47,10 +47,7 @@ class Metrics(Observer):
         self.tasks[queue, task_type, state] += 1
         if outcome.kind in ("retry", "archive"):
             self.failures[queue, task_type] += 1
-        histogram = self.durations.get(queue)
-        if histogram is None:
-            histogram = self.durations[queue] = DurationHistogram(DURATION_BUCKETS)
-        histogram.observe(seconds)
+        self._durations(queue).observe(seconds)
 
     def tasks_started(self, queue: str, count: int) -> None:
         self.in_flight[queue] += count
@@ -62,10 +59,13 @@ class Metrics(Observer):
         counts = self.tasks
         for task in tasks:
             counts[queue, task.message.type if task.message else "", "deleted"] += 1
+        self._durations(queue).observe_many(seconds)
+
+    def _durations(self, queue: str) -> DurationHistogram:
         histogram = self.durations.get(queue)
         if histogram is None:
             histogram = self.durations[queue] = DurationHistogram(DURATION_BUCKETS)
-        histogram.observe_many(seconds)
+        return histogram
 
     def task_dropped(self, task: DequeuedTask) -> None:
         """A task left without an outcome (requeued at shutdown, cancelled, lease lost)."""

@@ -40,15 +40,6 @@ class LeaseKeeper:
         self.losses = 0
         self.errors = 0
 
-    def add(self, task: DequeuedTask) -> None:
-        with self._lock:
-            self._tasks[task.id] = task
-
-    def remove(self, task: DequeuedTask) -> None:
-        with self._lock:
-            if self._tasks.get(task.id) is task:
-                del self._tasks[task.id]
-
     def add_many(self, tasks: list[DequeuedTask]) -> None:
         with self._lock:
             held = self._tasks
@@ -61,6 +52,9 @@ class LeaseKeeper:
             for task in tasks:
                 if held.get(task.id) is task:
                     del held[task.id]
+
+    def remove(self, task: DequeuedTask) -> None:
+        self.remove_many([task])
 
     def held(self) -> list[DequeuedTask]:
         with self._lock:

@@ -267,12 +267,11 @@ class Processor:
             queue = task.queue
             started[queue] = started.get(queue, 0) + 1
             per_queue[queue] = per_queue.get(queue, 0) + 1
+            entry = in_flight[task.id] = InFlight(task, now)
+            if not self._start_directly(entry):  # outcomes arrive in later loop turns
+                self._in_handler(entry, self._handle(entry))
         for queue, count in started.items():
             self.observer.tasks_started(queue, count)
-        for task in tasks:
-            entry = in_flight[task.id] = InFlight(task, now)
-            if not self._start_directly(entry):
-                self._in_handler(entry, self._handle(entry))
 
     def _in_handler(self, entry: InFlight, coro) -> None:
         """Run ``coro`` as the entry's handler task; the entry is finished when it ends."""
