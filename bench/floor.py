@@ -9,7 +9,7 @@ outcomes; ``lanes`` lanes keep that many calls in flight. Variants:
 * ``done_many``: the agent's merged outcome call (``agent.broker.batch.ScriptBatcher``);
 * ``child``: as ``done_many``, and every batch also goes through one real task_sdk child
   (the bench app, sync handler) over the agent's own JSON-lines codec
-  (``agent.runtime.protocol``): one pipe write per batch, the answers parsed as they come.
+  (``agent.supervisor.protocol``): one pipe write per batch, the answers parsed as they come.
 
 It is the limit of our Redis layout on the machine at hand (``child``: of the layout plus
 the child protocol); the Redis CPU utilisation beside it says whether Redis (near 1.0) or
@@ -67,7 +67,7 @@ class _Child:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        from agent.runtime.protocol import Response, parse_line
+        from agent.supervisor.protocol import Response, parse_line
 
         assert self.proc is not None and self.proc.stdout is not None
         buffer = b""
@@ -88,8 +88,8 @@ class _Child:
                 future.set_exception(RuntimeError("floor child exited"))
 
     async def run_batch(self, tasks) -> None:
-        from agent.runtime.protocol import encode_request
-        from agent.runtime.task_request import TaskRequest
+        from agent.supervisor.protocol import encode_request
+        from agent.supervisor.task_request import TaskRequest
 
         assert self.proc is not None and self.proc.stdin is not None
         loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from agent.broker import DequeuedTask
 from agent.broker.messages import TaskMessage
 from agent.ops.metrics import DURATION_BUCKETS, Metrics
-from agent.runtime.outcome import Outcome
+from agent.supervisor.outcome import Outcome
 
 
 def _task(queue: str, task_type: str) -> DequeuedTask:

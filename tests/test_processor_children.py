@@ -20,8 +20,8 @@ from agent.broker import Broker, keys
 from agent.broker.options import EnqueueOptions
 from agent.runtime.leases import LeaseKeeper
 from agent.runtime.processor import Processor
-from agent.runtime.supervisor import ChildSpec, build_child_env, create_pool
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from agent.supervisor import ChildSpec, build_child_env, create_pool
 from tests.test_processor import wait_for
 
 CHILDREN = Path(__file__).parent / "children"

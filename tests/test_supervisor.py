@@ -17,17 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.broker import DequeuedTask, TaskMessage
-from agent.runtime.protocol import (
-    LineSplitter,
-    Output,
-    OversizedLine,
-    Ready,
-    Response,
-    encode_request,
-    outcome_from_response,
-    parse_line,
-)
-from agent.runtime.supervisor import (
+from agent.supervisor import (
     Child,
     ChildPool,
     ChildSpec,
@@ -41,6 +31,16 @@ from agent.runtime.supervisor import (
     build_child_env,
     create_pool,
     resolve_argv,
+)
+from agent.supervisor.protocol import (
+    LineSplitter,
+    Output,
+    OversizedLine,
+    Ready,
+    Response,
+    encode_request,
+    outcome_from_response,
+    parse_line,
 )
 
 CHILDREN = Path(__file__).parent / "children"

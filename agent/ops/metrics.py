@@ -12,8 +12,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from agent.broker import DequeuedTask
-from agent.runtime.outcome import Outcome
 from agent.runtime.processor import Observer
+from agent.supervisor.outcome import Outcome
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 

@@ -24,11 +24,11 @@ from agent.runtime.heartbeat import Heartbeat, Identity
 from agent.runtime.janitor import Janitor
 from agent.runtime.leases import LeaseKeeper
 from agent.runtime.lifecycle import Lifecycle, State
-from agent.runtime.outcome import Executor
 from agent.runtime.processor import Observer, Processor
 from agent.runtime.reconciler import Reconciler
 from agent.runtime.recoverer import Recoverer
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from agent.supervisor.outcome import Executor
 
 log = logging.getLogger("agent.runtime")
 

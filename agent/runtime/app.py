@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
-from agent.runtime.supervisor import ChildSpec, build_child_env, create_pool, resolve_argv
+from agent.supervisor import ChildSpec, build_child_env, create_pool, resolve_argv
 
 log = logging.getLogger("agent.runtime")
 
@@ -110,7 +110,7 @@ async def serve(config: Config) -> int:
 def run(config: Config) -> int:
     """Run the agent until it is stopped; returns the process exit code."""
     from agent.bootstrap.errors import BootstrapError
-    from agent.runtime.supervisor import ChildStartupError, StartupCommandError
+    from agent.supervisor import ChildStartupError, StartupCommandError
 
     try:
         return asyncio.run(serve(config))

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.broker import DequeuedTask
-from agent.runtime.outcome import Outcome
+from agent.supervisor.outcome import Outcome
 
 Handler = Callable[[bytes, DequeuedTask], Awaitable[Any]]
 

@@ -20,8 +20,8 @@ from agent.broker import Broker, DequeuedTask, LeaseLostError, TaskNotFoundError
 from agent.broker.plans import processing_deadline
 from agent.broker.priority import QueueOrder
 from agent.runtime.leases import LeaseKeeper
-from agent.runtime.outcome import Executor, Outcome
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from agent.supervisor.outcome import Executor, Outcome
 
 log = logging.getLogger("agent.runtime")
 

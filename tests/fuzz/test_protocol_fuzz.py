@@ -8,8 +8,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.runtime.outcome import Outcome
-from agent.runtime.protocol import (
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.protocol import (
     MAX_ERROR_CHARS,
     LineSplitter,
     Output,
@@ -24,7 +24,7 @@ from agent.runtime.protocol import (
     success_answer,
     task_id_of_head,
 )
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.task_request import TaskRequest
 from tests.fuzz.settings import bounded
 
 json_values = st.recursive(

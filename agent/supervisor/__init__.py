@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agent.runtime.child import Child, ChildExit, ChildStartupError, describe_exit
-from agent.runtime.health import CrashTracker, RestartPolicy
-from agent.runtime.launch import ChildSpec, StartupCommandError, build_child_env, resolve_argv
-from agent.runtime.long_running import LongRunningPool
-from agent.runtime.one_shot import OneShotPool
-from agent.runtime.outcome import Outcome
-from agent.runtime.pool import ChildPool, PoolUnavailable
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.child import Child, ChildExit, ChildStartupError, describe_exit
+from agent.supervisor.health import CrashTracker, RestartPolicy
+from agent.supervisor.launch import ChildSpec, StartupCommandError, build_child_env, resolve_argv
+from agent.supervisor.long_running import LongRunningPool
+from agent.supervisor.one_shot import OneShotPool
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.pool import ChildPool, PoolUnavailable
+from agent.supervisor.task_request import TaskRequest
 
 __all__ = [
     "Child",

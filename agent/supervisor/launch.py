@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.runtime.protocol import DEFAULT_LINE_LIMIT, PROTOCOL_VERSION
+from agent.supervisor.protocol import DEFAULT_LINE_LIMIT, PROTOCOL_VERSION
 
 INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME")
 """Variables a child inherits from the agent (plus every ``LC_*``); nothing else leaks."""

@@ -7,14 +7,14 @@ import contextlib
 import logging
 from typing import Any
 
-from agent.runtime.child import Child, ChildStartupError
-from agent.runtime.health import CrashTracker, RestartPolicy
-from agent.runtime.launch import ChildSpec
-from agent.runtime.outcome import Outcome
-from agent.runtime.pool import ChildPool, PoolUnavailable
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.child import Child, ChildStartupError
+from agent.supervisor.health import CrashTracker, RestartPolicy
+from agent.supervisor.launch import ChildSpec
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.pool import ChildPool, PoolUnavailable
+from agent.supervisor.task_request import TaskRequest
 
-log = logging.getLogger("agent.runtime.supervisor")
+log = logging.getLogger("agent.supervisor")
 
 
 class OneShotPool(ChildPool):

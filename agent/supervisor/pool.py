@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.broker import DequeuedTask
-from agent.runtime.launch import ChildSpec
-from agent.runtime.outcome import Outcome
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.launch import ChildSpec
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.task_request import TaskRequest
 
 
 class PoolUnavailable(Exception):  # noqa: N818 - reads as a state, like asyncio's InvalidState

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("agent.runtime.supervisor")
+log = logging.getLogger("agent.supervisor")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from agent.runtime.outcome import Outcome
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.task_request import TaskRequest
 
 PROTOCOL_VERSION = 1
 DEFAULT_LINE_LIMIT = 16 * 1024 * 1024

@@ -21,9 +21,9 @@ from typing import Any
 
 import psutil
 
-from agent.runtime.launch import ChildSpec, rlimit_setter
-from agent.runtime.outcome import Outcome
-from agent.runtime.protocol import (
+from agent.supervisor.launch import ChildSpec, rlimit_setter
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.protocol import (
     LineSplitter,
     Output,
     OversizedLine,
@@ -38,9 +38,9 @@ from agent.runtime.protocol import (
     success_answer,
     task_id_of_head,
 )
-from agent.runtime.task_request import TaskRequest
+from agent.supervisor.task_request import TaskRequest
 
-log = logging.getLogger("agent.runtime.child")
+log = logging.getLogger("agent.supervisor.child")
 output_log = logging.getLogger("agent.child")
 """The children's own output: every stderr line, and stdout lines that are not protocol."""
 
