@@ -165,9 +165,10 @@ def _run(config: Config) -> int:
 
 
 def _summary(config: Config, path: Path | None) -> str:
-    from agent.config import format_duration
+    from agent.config import capacity_summary, format_duration
 
-    lines = [f"config OK: {path if path is not None else '(environment only)'}"]
+    lines = [f"config OK: {path if path is not None else '(environment only)'}",
+             f"  {capacity_summary(config)}"]
     if config.local_mode:
         dep, redis = config.deployment, config.redis
         code = f"git {dep.git_url}@{dep.commit or dep.branch}" if dep.git_url else f"path {dep.path}"
@@ -181,8 +182,7 @@ def _summary(config: Config, path: Path | None) -> str:
         queues.append(f"{q.name} (weight {q.weight}{limit})")
     order = "strict priority" if config.worker.strict_priority else "weighted"
     lines.append(f"  queues ({order}): {', '.join(queues)}")
-    lines.append(f"  concurrency: {config.worker.concurrency}; "
-                 f"shutdown timeout: {format_duration(config.worker.shutdown_timeout)}")
+    lines.append(f"  shutdown timeout: {format_duration(config.worker.shutdown_timeout)}")
     lines.append(f"  ops: {config.ops.listen or 'off'}")
     lines.extend(f"  warning: {w}" for w in config.warnings)
     return "\n".join(lines)

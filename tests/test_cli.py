@@ -58,6 +58,10 @@ def test_example_config_validates(tmp_path):
     assert "mode: server (http://localhost:3000)" in result.stdout
     assert "transcoding (weight 1, limit 3)" in result.stdout
     assert "change-me" not in output(result)
+    assert result.stdout.splitlines()[1] == (
+        "  capacity: 10 handlers at once (worker.concurrency); children: auto = 10 for sync handlers "
+        "(1 thread each) or 1 if every handler is async (async_limit 10); prefetch 0 per child")
+    assert "  shutdown timeout: 8s" in result.stdout.splitlines()
 
 
 def test_example_local_mode_block_validates_when_uncommented(tmp_path):
@@ -143,6 +147,49 @@ def test_environment_only_when_no_config_file(tmp_path):
     assert result.returncode == 0, output(result)
     assert result.stdout.startswith("config OK: (environment only)")
     assert "a (weight 1, limit 2), b (weight 1)" in result.stdout
+
+
+def test_validate_prints_the_capacity_of_explicit_processes_and_its_warnings(tmp_path):
+    (tmp_path / "config.yml").write_text(
+        "server: {url: 'http://localhost:3000', api_key: sk-live-0123456789abcdef}\n"
+        "worker: {queues: [a], concurrency: 128, prefetch: 16}\n"
+        "deployment: {processes: 2, max_in_flight_per_child: 8}\n")
+    result = run_cli("-validate", cwd=tmp_path)
+    assert result.returncode == 0, output(result)
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["config OK: config.yml", (
+        "  capacity: 128 handlers at once (worker.concurrency); children: 2 x 1 thread = 2 sync slots; "
+        "async_limit 8 per child; prefetch 16 per child")]
+    assert lines[-2:] == [
+        "  warning: deployment.max_in_flight_per_child is deprecated: write deployment.async_limit "
+        "(async handlers at once per child)",
+        "  warning: worker.concurrency 128 is above the 2 sync handler slots of the deployment "
+        "(processes 2 x threads 1): at most 2 sync handlers run at once; set deployment.processes: auto, "
+        "deployment.processes: 128 or deployment.threads: 64, or lower worker.concurrency"]
+
+
+def test_validate_capacity_from_environment_overrides(tmp_path):
+    env = clean_env(RUNDOWN_SERVER_URL="http://ctl:3000", RUNDOWN_SERVER_API_KEY="env-secret-key",
+                    RUNDOWN_WORKER_QUEUES="a", RUNDOWN_WORKER_CONCURRENCY="64", RUNDOWN_WORKER_PREFETCH="32",
+                    RUNDOWN_DEPLOYMENT_THREADS="8", RUNDOWN_DEPLOYMENT_ASYNC_LIMIT="16")
+    result = run_cli("-validate", cwd=tmp_path, env=env)
+    assert result.returncode == 0, output(result)
+    assert result.stdout.splitlines()[1] == (
+        "  capacity: 64 handlers at once (worker.concurrency); children: auto = 8 for sync handlers "
+        "(8 threads each) or 4 if every handler is async (async_limit 16); prefetch 32 per child")
+
+
+def test_validate_reports_too_many_auto_children(tmp_path):
+    (tmp_path / "config.yml").write_text(
+        "server: {url: 'http://localhost:3000', api_key: sk-live-0123456789abcdef}\n"
+        "worker: {queues: [a], concurrency: 1000}\n")
+    result = run_cli("-validate", cwd=tmp_path)
+    assert result.returncode == 1
+    assert output(result).splitlines() == ["config.yml: 1 problem", (
+        "  deployment.processes: auto (the default) would start 1000 children for sync handlers "
+        "(worker.concurrency 1000 / deployment.threads 1), above the limit of 256: raise "
+        "deployment.threads to 4 or more for sync code, or set deployment.processes: 1 for async-only "
+        "code (or lower worker.concurrency)")]
 
 
 def test_unknown_flag_is_a_usage_error(tmp_path):

@@ -61,7 +61,7 @@ def test_minimal_server_config_gets_every_default(tmp_path):
     assert config.server.url == "https://control.example.com"
     assert config.server.api_key == Secret(API_KEY)
     assert config.worker.queues == (QueueSpec("emails", 1, None),)
-    assert (config.worker.concurrency, config.worker.strict_priority) == (10, False)
+    assert (config.worker.concurrency, config.worker.prefetch, config.worker.strict_priority) == (10, 0, False)
     assert config.worker.shutdown_timeout == 8.0
     assert (config.worker.max_tasks_per_child, config.worker.max_memory_per_child) == (0, None)
     assert (config.bootstrap.retries, config.bootstrap.retry_delay) == (3, 5.0)
@@ -69,7 +69,7 @@ def test_minimal_server_config_gets_every_default(tmp_path):
     assert dep.dir == tmp_path / "deployment"
     assert (dep.git_url, dep.branch, dep.commit, dep.code_path, dep.path) == (None, "main", None, "", None)
     assert (dep.startup_cmd, dep.env_vars, dep.startup_timeout) == (None, {}, 60.0)
-    assert (dep.mode, dep.processes, dep.max_in_flight_per_child) == ("long_running", 1, 10)
+    assert (dep.mode, dep.processes, dep.threads, dep.async_limit) == ("long_running", None, 1, 10)
     assert (dep.venv, dep.requirements) == ("auto", None)
     assert config.git.ssh_key is None and config.git.token is None and config.git.known_hosts is None
     assert config.git.accept_new_host_keys is False
@@ -92,6 +92,7 @@ worker:
     - {name: inference.low, weight: 3, concurrency: 2}
     - transcoding:4
   concurrency: "20"
+  prefetch: 32
   strict_priority: true
   shutdown_timeout: 1m30s
   max_tasks_per_child: 100
@@ -108,7 +109,8 @@ deployment:
   startup_timeout: 2m
   mode: one_shot
   processes: 3
-  max_in_flight_per_child: 4
+  threads: 8
+  async_limit: 4
   venv: none
   requirements: reqs/prod.txt
 git:
@@ -123,7 +125,7 @@ logging: {level: WARN, format: json}
     w = config.worker
     assert w.queues == (QueueSpec("inference.high"), QueueSpec("inference.low", 3, 2), QueueSpec("transcoding", 1, 4))
     assert w.queues[1].parent == "inference"
-    assert (w.concurrency, w.strict_priority, w.shutdown_timeout) == (20, True, 90.0)
+    assert (w.concurrency, w.prefetch, w.strict_priority, w.shutdown_timeout) == (20, 32, True, 90.0)
     assert (w.max_tasks_per_child, w.max_memory_per_child) == (100, 512_000_000)
     assert (config.bootstrap.retries, config.bootstrap.retry_delay) == (5, 0.25)
     d = config.deployment
@@ -131,7 +133,7 @@ logging: {level: WARN, format: json}
     assert (d.git_url, d.branch, d.commit, d.code_path) == ("https://github.com/acme/tasks.git", "release", "3f2c1e9", "services/worker")
     assert d.startup_argv == ("python", "-u", "my worker.py")
     assert d.env_vars == {"MODEL": "small", "PORT": "8080"}
-    assert (d.startup_timeout, d.mode, d.processes, d.max_in_flight_per_child) == (120.0, "one_shot", 3, 4)
+    assert (d.startup_timeout, d.mode, d.processes, d.threads, d.async_limit) == (120.0, "one_shot", 3, 8, 4)
     assert (d.venv, d.requirements) == ("none", "reqs/prod.txt")
     assert config.git.ssh_key == tmp_path / "id_ed25519"
     assert config.git.known_hosts == tmp_path / "known_hosts"
@@ -499,3 +501,244 @@ def test_one_shot_resource_limits(tmp_path):
         load_config(path, environ={})
     paths = {p.path for p in err.value.problems}
     assert paths == {"deployment.one_shot_memory_limit", "deployment.one_shot_cpu_seconds"}
+
+
+# --- capacity: concurrency, prefetch, processes, threads, async_limit -------------------------
+
+WORKER = "worker:\n  queues: [a]\n"
+
+
+def capacity(tmp_path: Path, worker: str = "", deployment: str = "",
+             environ: dict[str, str] | None = None) -> Config:
+    return load(tmp_path, SERVER + WORKER + worker + "deployment:\n  dir: d\n" + deployment, environ)
+
+
+def capacity_problems(tmp_path: Path, worker: str = "", deployment: str = "",
+                      environ: dict[str, str] | None = None) -> dict[str, str]:
+    return problems(tmp_path, SERVER + WORKER + worker + "deployment:\n  dir: d\n" + deployment, environ)
+
+
+def test_capacity_keys_are_parsed(tmp_path):
+    config = capacity(tmp_path, "  concurrency: 64\n  prefetch: 16\n",
+                      "  processes: 4\n  threads: 16\n  async_limit: 32\n")
+    assert (config.worker.concurrency, config.worker.prefetch) == (64, 16)
+    d = config.deployment
+    assert (d.processes, d.threads, d.async_limit) == (4, 16, 32)
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["auto", "AUTO", " Auto ", "null", ""])
+def test_processes_auto_is_none(tmp_path, value):
+    config = capacity(tmp_path, deployment=f"  processes: {value}\n")
+    assert config.deployment.processes is None
+
+
+def test_async_limit_defaults_to_worker_concurrency(tmp_path):
+    config = capacity(tmp_path, "  concurrency: 40\n", "  threads: 4\n")
+    assert (config.deployment.async_limit, config.deployment.threads) == (40, 4)
+
+
+@pytest.mark.parametrize(("worker", "deployment"), [
+    ("  prefetch: 0\n", ""), ("  prefetch: 1000\n", ""), ("  prefetch: '64'\n", ""),
+    ("", "  threads: 1\n"), ("  concurrency: 256\n", "  threads: 256\n"),
+    ("", "  processes: 1\n  threads: 10\n"), ("  concurrency: 256\n", "  processes: 256\n"),
+    ("", "  async_limit: 1\n  processes: 1\n"),
+])
+def test_capacity_values_at_their_bounds_are_accepted(tmp_path, worker, deployment):
+    capacity(tmp_path, worker, deployment)
+
+
+@pytest.mark.parametrize(("worker", "deployment", "path", "message"), [
+    ("  prefetch: -1\n", "", "worker.prefetch", "expected an integer from 0 to 1000, got -1"),
+    ("  prefetch: 1001\n", "", "worker.prefetch", "expected an integer from 0 to 1000, got 1001"),
+    ("  prefetch: lots\n", "", "worker.prefetch", 'expected an integer from 0 to 1000, got "lots"'),
+    ("", "  threads: 0\n", "deployment.threads", "expected an integer from 1 to 256, got 0"),
+    ("", "  threads: 257\n", "deployment.threads", "expected an integer from 1 to 256, got 257"),
+    ("", "  processes: 0\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got 0'),
+    ("", "  processes: 257\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got 257'),
+    ("", "  processes: many\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got "many"'),
+    ("", "  processes: true\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got true (a boolean)'),
+    ("", "  async_limit: 0\n", "deployment.async_limit", "expected a positive integer, got 0"),
+    ("", "  max_in_flight_per_child: 0\n", "deployment.max_in_flight_per_child",
+     "expected a positive integer, got 0"),
+])
+def test_capacity_values_out_of_bounds_are_problems(tmp_path, worker, deployment, path, message):
+    found = capacity_problems(tmp_path, worker, deployment)
+    assert found == {path: message}
+
+
+def test_capacity_environment_overrides(tmp_path):
+    config = capacity(tmp_path, "  prefetch: 2\n", "  processes: 2\n  threads: 2\n", {
+        "RUNDOWN_WORKER_CONCURRENCY": "48", "RUNDOWN_WORKER_PREFETCH": "32",
+        "RUNDOWN_DEPLOYMENT_PROCESSES": "auto", "RUNDOWN_DEPLOYMENT_THREADS": "8",
+        "RUNDOWN_DEPLOYMENT_ASYNC_LIMIT": "12",
+    })
+    assert (config.worker.concurrency, config.worker.prefetch) == (48, 32)
+    assert (config.deployment.processes, config.deployment.threads, config.deployment.async_limit) == (None, 8, 12)
+    config = capacity(tmp_path, environ={"RUNDOWN_DEPLOYMENT_PROCESSES": "6"})
+    assert config.deployment.processes == 6
+
+
+def test_bad_capacity_overrides_name_their_variables(tmp_path):
+    found = capacity_problems(tmp_path, environ={
+        "RUNDOWN_WORKER_PREFETCH": "5000", "RUNDOWN_DEPLOYMENT_THREADS": "0",
+        "RUNDOWN_DEPLOYMENT_PROCESSES": "some"})
+    assert found == {
+        "worker.prefetch": "expected an integer from 0 to 1000, got \"5000\" (from RUNDOWN_WORKER_PREFETCH)",
+        "deployment.threads": "expected an integer from 1 to 256, got \"0\" (from RUNDOWN_DEPLOYMENT_THREADS)",
+        "deployment.processes": ('expected "auto" or an integer from 1 to 256, got "some" '
+                                 "(from RUNDOWN_DEPLOYMENT_PROCESSES)"),
+    }
+
+
+def test_max_in_flight_per_child_is_a_deprecated_alias_of_async_limit(tmp_path):
+    config = capacity(tmp_path, deployment="  max_in_flight_per_child: 7\n")
+    assert config.deployment.async_limit == 7
+    assert not hasattr(config.deployment, "max_in_flight_per_child")
+    assert config.warnings == ("deployment.max_in_flight_per_child is deprecated: write "
+                               "deployment.async_limit (async handlers at once per child)",)
+    config = capacity(tmp_path, environ={"RUNDOWN_DEPLOYMENT_MAX_IN_FLIGHT_PER_CHILD": "3"})
+    assert config.deployment.async_limit == 3
+    assert any("write deployment.async_limit" in w for w in config.warnings)
+
+
+def test_async_limit_and_its_alias_together_are_a_problem(tmp_path):
+    found = capacity_problems(tmp_path, deployment="  async_limit: 4\n  max_in_flight_per_child: 4\n")
+    assert found == {"deployment.max_in_flight_per_child": (
+        "give deployment.async_limit or the deprecated deployment.max_in_flight_per_child, not both")}
+
+
+def test_an_async_limit_variable_replaces_the_files_alias(tmp_path):
+    config = capacity(tmp_path, deployment="  max_in_flight_per_child: 4\n",
+                      environ={"RUNDOWN_DEPLOYMENT_ASYNC_LIMIT": "9"})
+    assert config.deployment.async_limit == 9
+    assert config.warnings == ()
+
+
+def test_auto_processes_above_256_children_is_a_problem_saying_what_to_set(tmp_path):
+    found = capacity_problems(tmp_path, "  concurrency: 1000\n")
+    assert found == {"deployment.processes": (
+        "auto (the default) would start 1000 children for sync handlers (worker.concurrency 1000 / "
+        "deployment.threads 1), above the limit of 256: raise deployment.threads to 4 or more for "
+        "sync code, or set deployment.processes: 1 for async-only code (or lower worker.concurrency)")}
+    found = capacity_problems(tmp_path, "  concurrency: 600\n", "  processes: auto\n  threads: 2\n")
+    assert found["deployment.processes"].startswith("auto would start 300 children")
+    assert "raise deployment.threads to 3 or more" in found["deployment.processes"]
+    # Past 256 x 256 no thread count is enough: only the async-only fix is offered.
+    found = capacity_problems(tmp_path, "  concurrency: 70000\n", "  threads: 256\n")
+    assert "raise deployment.threads" not in found["deployment.processes"]
+    assert "set deployment.processes: 1 for async-only code" in found["deployment.processes"]
+
+
+def test_the_suggested_fixes_for_auto_are_valid(tmp_path):
+    capacity(tmp_path, "  concurrency: 1000\n", "  threads: 4\n")  # exactly 250 children
+    capacity(tmp_path, "  concurrency: 512\n", "  threads: 2\n")  # exactly 256 children
+    config = capacity(tmp_path, "  concurrency: 1000\n", "  processes: 1\n")
+    assert config.deployment.async_limit == 1000
+    assert any("above the 1 sync handler slot " in w for w in config.warnings)
+
+
+def test_auto_with_a_small_async_limit_above_256_children_is_a_problem(tmp_path):
+    found = capacity_problems(tmp_path, "  concurrency: 600\n", "  threads: 4\n  async_limit: 2\n")
+    assert found == {"deployment.async_limit": (
+        "with deployment.processes: auto, async-only code would start 300 children (worker.concurrency "
+        "600 / deployment.async_limit 2), above the limit of 256: raise deployment.async_limit to 3 or "
+        "more, or give deployment.processes a number, or lower worker.concurrency")}
+    found = capacity_problems(tmp_path, "  concurrency: 600\n", "  threads: 4\n  max_in_flight_per_child: 2\n")
+    assert list(found) == ["deployment.max_in_flight_per_child"]
+    capacity(tmp_path, "  concurrency: 600\n", "  processes: 4\n  threads: 150\n  async_limit: 2\n")
+
+
+def test_explicit_processes_below_concurrency_is_a_warning(tmp_path):
+    config = capacity(tmp_path, "  concurrency: 128\n", "  processes: 2\n  threads: 1\n")
+    assert config.warnings == (
+        "worker.concurrency 128 is above the 2 sync handler slots of the deployment (processes 2 x "
+        "threads 1): at most 2 sync handlers run at once; set deployment.processes: auto, "
+        "deployment.processes: 128 or deployment.threads: 64, or lower worker.concurrency",)
+    # Only the fixes within the bounds (256 children, 256 threads) are offered.
+    config = capacity(tmp_path, "  concurrency: 400\n", "  processes: 1\n  threads: 2\n")
+    (warning,) = config.warnings
+    assert warning.endswith("at most 2 sync handlers run at once; set deployment.processes: auto or "
+                            "deployment.processes: 200, or lower worker.concurrency")
+    config = capacity(tmp_path, "  concurrency: 500\n", "  processes: 2\n")
+    (warning,) = config.warnings
+    assert warning.endswith("; set deployment.threads: 250, or lower worker.concurrency")
+    config = capacity(tmp_path, "  concurrency: 100000\n", "  processes: 1\n")
+    (warning,) = config.warnings
+    assert warning.endswith("at most 1 sync handler runs at once; lower worker.concurrency")
+
+
+@pytest.mark.parametrize(("worker", "deployment"), [
+    ("  concurrency: 10\n", "  processes: 10\n"),
+    ("  concurrency: 64\n", "  processes: 4\n  threads: 16\n"),
+    ("  concurrency: 10\n", "  processes: 3\n  threads: 4\n"),
+    ("  concurrency: 2000\n", "  processes: 1\n  mode: one_shot\n"),  # one_shot: a process per task
+    ("  concurrency: 2000\n", "  mode: one_shot\n"),
+])
+def test_enough_sync_slots_or_one_shot_give_no_capacity_finding(tmp_path, worker, deployment):
+    assert capacity(tmp_path, worker, deployment).warnings == ()
+
+
+def test_a_bad_value_does_not_add_a_capacity_problem_from_defaults(tmp_path):
+    found = capacity_problems(tmp_path, "  concurrency: 1000\n", "  threads: 0\n")
+    assert list(found) == ["deployment.threads"]
+
+
+def test_per_queue_limit_above_concurrency_is_still_a_warning(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queues: ['a:20'], concurrency: 8}\n")
+    assert config.warnings == ("queue a: its limit 20 is above worker.concurrency 8, which caps it",)
+
+
+def test_planned_children_and_slots(tmp_path):
+    from agent.config import effective_async_limit, plan_children, planned_children, slots_per_child
+
+    config = capacity(tmp_path, "  concurrency: 100\n", "  threads: 8\n  async_limit: 30\n")
+    assert (planned_children(config, all_async=False), planned_children(config, all_async=True)) == (13, 4)
+    assert (slots_per_child(config, all_async=False), slots_per_child(config, all_async=True)) == (8, 30)
+    assert effective_async_limit(config) == 30
+    config = capacity(tmp_path, "  concurrency: 100\n", "  processes: 3\n  threads: 8\n")
+    assert (planned_children(config, all_async=False), planned_children(config, all_async=True)) == (3, 3)
+    config = capacity(tmp_path)  # the defaults: concurrency 10, threads 1, async_limit 10
+    assert (planned_children(config, all_async=False), planned_children(config, all_async=True)) == (10, 1)
+    # A control server's explicit processes wins; None is auto.
+    assert plan_children(5, concurrency=100, threads=1, async_limit=100, all_async=False) == 5
+    assert plan_children(None, concurrency=100, threads=3, async_limit=100, all_async=False) == 34
+    assert plan_children(None, concurrency=100, threads=3, async_limit=100, all_async=True) == 1
+    # A hand-built config without async_limit uses worker.concurrency.
+    assert effective_async_limit(Config()) == 10
+
+
+def test_capacity_summary(tmp_path):
+    from agent.config import capacity_summary
+
+    assert capacity_summary(capacity(tmp_path)) == (
+        "capacity: 10 handlers at once (worker.concurrency); children: auto = 10 for sync handlers "
+        "(1 thread each) or 1 if every handler is async (async_limit 10); prefetch 0 per child")
+    assert capacity_summary(capacity(tmp_path, "  concurrency: 64\n  prefetch: 32\n", "  threads: 8\n")) == (
+        "capacity: 64 handlers at once (worker.concurrency); children: auto = 8 for sync handlers "
+        "(8 threads each) or 1 if every handler is async (async_limit 64); prefetch 32 per child")
+    assert capacity_summary(capacity(tmp_path, deployment="  processes: 2\n")) == (
+        "capacity: 10 handlers at once (worker.concurrency); children: 2 x 1 thread = 2 sync slots; "
+        "async_limit 10 per child; prefetch 0 per child")
+    assert capacity_summary(capacity(tmp_path, "  concurrency: 1\n", "  processes: 1\n")) == (
+        "capacity: 1 handler at once (worker.concurrency); children: 1 x 1 thread = 1 sync slot; "
+        "async_limit 1 per child; prefetch 0 per child")
+    assert capacity_summary(capacity(tmp_path, deployment="  mode: one_shot\n")) == (
+        "capacity: 10 handlers at once (worker.concurrency); children: one_shot, a fresh process per task")
+
+
+def test_deployment_spec_processes_none_is_auto(tmp_path):
+    from agent.bootstrap.models import DeploymentSpec
+
+    (tmp_path / "code").mkdir()
+    for processes, expected in (("auto", None), ("3", 3)):
+        config = load(tmp_path, f"""
+worker: {{queues: [a]}}
+redis: {{url: "redis://localhost:6379/0"}}
+deployment: {{path: code, startup_cmd: python w.py, processes: {processes}}}
+""")
+        assert DeploymentSpec.from_config(config.deployment, "a").processes == expected
+    assert DeploymentSpec(path=tmp_path).processes is None
+    assert DeploymentSpec(path=tmp_path, processes=1).processes == 1
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        DeploymentSpec(path=tmp_path, processes=0)

@@ -74,7 +74,9 @@ class DeploymentSpec:
     abbreviated SHA). ``code_path`` is the sub-directory holding the code. ``venv`` is
     ``auto`` (a managed virtualenv when there is something to install), ``none`` (the
     agent's interpreter) or the path of a virtualenv. ``secrets`` are environment variables
-    for the child like ``env_vars`` (they win on a clash) but are never shown.
+    for the child like ``env_vars`` (they win on a clash) but are never shown. ``processes`` is
+    the number of warm children, or None for auto (as many as ``worker.concurrency`` needs, see
+    :func:`agent.config.plan_children`).
     """
 
     queue: str = ""  #: the parent queue; names the deployment's directory
@@ -88,7 +90,7 @@ class DeploymentSpec:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     startup_timeout: float = 60.0
     mode: str = "long_running"
-    processes: int = 1
+    processes: int | None = None  #: warm children (long_running); None = auto
     venv: str = "auto"
     requirements: str | None = None  #: relative to the code dir; None = requirements.txt if present
     redis_storage: bool = True  #: runqy's flag: keep results / completion records in Redis
@@ -99,6 +101,8 @@ class DeploymentSpec:
             raise ValueError("a deployment spec needs exactly one of git_url and path")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError(f"processes must be >= 1 (or None for auto), got {self.processes}")
 
     @property
     def startup_argv(self) -> tuple[str, ...]:

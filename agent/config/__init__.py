@@ -12,9 +12,20 @@ Usage::
 
 The modules: :mod:`.model` (the dataclasses), :mod:`.values` (parsers of single values),
 :mod:`.sources` (file, placeholders, environment), :mod:`.schema` (keys, types, cross-field
-rules), :mod:`.loader` (``load_config``). The reference is ``docs/configuration.md``.
+rules), :mod:`.loader` (``load_config``), :mod:`.capacity` (children and slots the config asks
+for: ``planned_children``, ``capacity_summary``). The reference is ``docs/configuration.md``.
 """
 
+from .capacity import (
+    MAX_PREFETCH,
+    MAX_PROCESSES,
+    MAX_THREADS,
+    capacity_summary,
+    effective_async_limit,
+    plan_children,
+    planned_children,
+    slots_per_child,
+)
 from .errors import ConfigError, Problem
 from .loader import load_config
 from .model import (
@@ -36,6 +47,9 @@ from .values import format_duration, parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_OPS_LISTEN",
+    "MAX_PREFETCH",
+    "MAX_PROCESSES",
+    "MAX_THREADS",
     "BootstrapConfig",
     "Config",
     "ConfigError",
@@ -50,8 +64,13 @@ __all__ = [
     "Secret",
     "ServerConfig",
     "WorkerConfig",
+    "capacity_summary",
+    "effective_async_limit",
     "format_duration",
     "load_config",
     "parse_duration",
     "parse_size",
+    "plan_children",
+    "planned_children",
+    "slots_per_child",
 ]

@@ -76,8 +76,23 @@ def secret(value: Any, ctx: Ctx) -> Secret:
     return Secret(str(value))
 
 
-def integer(minimum: int | None) -> Parser:
-    return lambda value, ctx: parse_int(value, minimum)
+def integer(minimum: int | None, maximum: int | None = None) -> Parser:
+    return lambda value, ctx: parse_int(value, minimum, maximum)
+
+
+def auto_or_integer(minimum: int, maximum: int) -> Parser:
+    """``auto`` (returned as None) or an integer from ``minimum`` to ``maximum``."""
+    expected = f'"auto" or an integer from {minimum} to {maximum}'
+
+    def parse(value: Any, ctx: Ctx) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        try:
+            return parse_int(value, minimum, maximum)
+        except Invalid:
+            raise Invalid(expected) from None
+
+    return parse
 
 
 def boolean(value: Any, ctx: Ctx) -> bool:

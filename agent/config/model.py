@@ -81,7 +81,8 @@ class QueueSpec:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     queues: tuple[QueueSpec, ...] = ()
-    concurrency: int = 10  #: global in-flight task limit
+    concurrency: int = 10  #: handlers running at once across all queues
+    prefetch: int = 0  #: tasks each child may hold beyond its busy slots (0-1000)
     strict_priority: bool = False  #: always drain higher-weight queues first
     shutdown_timeout: float = 8.0  #: seconds to let in-flight tasks finish on SIGTERM; 0 = requeue at once
     max_tasks_per_child: int = 0  #: recycle a child after this many tasks; 0 = never
@@ -108,8 +109,9 @@ class DeploymentConfig:
     env_vars: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 60.0
     mode: str = "long_running"  #: ``long_running`` or ``one_shot``
-    processes: int = 1  #: warm children per queue (long_running)
-    max_in_flight_per_child: int | None = None  #: load_config sets it to worker.concurrency if unset
+    processes: int | None = None  #: warm children of the deployment (long_running); None = auto
+    threads: int = 1  #: sync handler threads per child (1-256)
+    async_limit: int | None = None  #: async handlers at once per child; load_config sets worker.concurrency if unset
     one_shot_memory_limit: int | None = None  #: RLIMIT_AS of each one_shot child (bytes)
     one_shot_cpu_seconds: int | None = None  #: RLIMIT_CPU of each one_shot child (seconds)
     venv: str = "auto"  #: ``auto``, ``none`` or an absolute path of a virtualenv

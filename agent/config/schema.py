@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import fields as f
+from .capacity import MAX_PREFETCH, MAX_PROCESSES, MAX_THREADS, children_needed
 from .model import (
     DEFAULT_OPS_LISTEN,
     BootstrapConfig,
@@ -52,6 +53,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "queues": Field(f.queues, env="list"),
         "queue": Field(f.queues),  # deprecated alias of a one-item queues list
         "concurrency": Field(f.integer(1)),
+        "prefetch": Field(f.integer(0, MAX_PREFETCH)),
         "strict_priority": Field(f.boolean),
         "shutdown_timeout": Field(f.duration(0)),
         "max_tasks_per_child": Field(f.integer(0)),
@@ -72,8 +74,10 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "env_vars": Field(f.env_vars, env=None),
         "startup_timeout": Field(f.duration(1e-9)),
         "mode": Field(f.choice("long_running", "one_shot")),
-        "processes": Field(f.integer(1)),
-        "max_in_flight_per_child": Field(f.integer(1)),
+        "processes": Field(f.auto_or_integer(1, MAX_PROCESSES)),
+        "threads": Field(f.integer(1, MAX_THREADS)),
+        "async_limit": Field(f.integer(1)),
+        "max_in_flight_per_child": Field(f.integer(1)),  # deprecated alias of async_limit
         "one_shot_memory_limit": Field(f.size),
         "one_shot_cpu_seconds": Field(f.integer(1)),
         "venv": Field(f.venv),
@@ -157,6 +161,8 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
     values = {name: _parse_section(name, data.get(name), findings, file_dir) for name in SECTIONS}
 
     _check_queues(raw["worker"], values["worker"], findings)
+    _check_async_limit(raw["deployment"], values["deployment"], findings)
+    _check_capacity(raw["deployment"], values["worker"], values["deployment"], findings)
     _check_mode(data, raw, findings)
     _check_redis(raw["redis"], values["redis"], findings)
     _check_ops(values["ops"], findings)
@@ -166,7 +172,7 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
     worker = WorkerConfig(**values["worker"])
     deployment = values["deployment"]
     deployment.setdefault("dir", file_dir / "deployment")
-    deployment.setdefault("max_in_flight_per_child", worker.concurrency)
+    deployment.setdefault("async_limit", worker.concurrency)
     for spec in worker.queues:
         if spec.concurrency is not None and spec.concurrency > worker.concurrency:
             findings.warn(f"queue {spec.name}: its limit {spec.concurrency} is above "
@@ -196,6 +202,78 @@ def _check_queues(raw: dict[str, Any], values: dict[str, Any], findings: Finding
             values["queues"] = alias
     elif not _given(raw, "queues") or raw["queues"] == []:
         findings.add("worker.queues", 'required: at least one queue, e.g. queues: ["emails"]')
+
+
+def _check_async_limit(raw: dict[str, Any], values: dict[str, Any], findings: Findings) -> None:
+    alias = values.pop("max_in_flight_per_child", None)
+    if _given(raw, "max_in_flight_per_child") and _given(raw, "async_limit"):
+        findings.add("deployment.max_in_flight_per_child", "give deployment.async_limit or the deprecated "
+                     "deployment.max_in_flight_per_child, not both")
+    elif _given(raw, "max_in_flight_per_child"):
+        findings.warn("deployment.max_in_flight_per_child is deprecated: write deployment.async_limit "
+                      "(async handlers at once per child)")
+        if alias is not None:
+            values["async_limit"] = alias
+
+
+_CAPACITY_PATHS = frozenset({"worker.concurrency", "deployment.processes", "deployment.threads",
+                             "deployment.async_limit", "deployment.max_in_flight_per_child",
+                             "deployment.mode"})
+
+
+def _check_capacity(raw: dict[str, Any], worker: dict[str, Any], deployment: dict[str, Any],
+                    findings: Findings) -> None:
+    """Bounds on the children a deployment needs (long_running; one_shot starts one per task)."""
+    if any(p.path in _CAPACITY_PATHS for p in findings.problems):
+        return  # a value it depends on is already wrong: its defaults would mislead
+    if deployment.get("mode", "long_running") != "long_running":
+        return
+    concurrency: int = worker.get("concurrency", WorkerConfig().concurrency)
+    threads: int = deployment.get("threads", DeploymentConfig().threads)
+    processes: int | None = deployment.get("processes")
+    if processes is None:
+        _check_auto(raw, concurrency, threads, deployment.get("async_limit", concurrency), findings)
+    elif processes * threads < concurrency:
+        slots = processes * threads
+        needed = children_needed(concurrency, threads)
+        per_child = children_needed(concurrency, processes)
+        fixes = []
+        if needed <= MAX_PROCESSES:
+            fixes += ["deployment.processes: auto", f"deployment.processes: {needed}"]
+        if per_child <= MAX_THREADS:
+            fixes.append(f"deployment.threads: {per_child}")
+        fix = f"set {_either(fixes)}, or lower worker.concurrency" if fixes else "lower worker.concurrency"
+        one = slots == 1
+        findings.warn(
+            f"worker.concurrency {concurrency} is above the {slots} sync handler slot{'' if one else 's'} "
+            f"of the deployment (processes {processes} x threads {threads}): at most {slots} sync "
+            f"handler{' runs' if one else 's run'} at once; {fix}")
+
+
+def _check_auto(raw: dict[str, Any], concurrency: int, threads: int, async_limit: int,
+                findings: Findings) -> None:
+    sync_children = children_needed(concurrency, threads)
+    if sync_children > MAX_PROCESSES:
+        min_threads = children_needed(concurrency, MAX_PROCESSES)
+        fix = (f"raise deployment.threads to {min_threads} or more for sync code, or "
+               if min_threads <= MAX_THREADS else "")
+        auto = "auto" if _given(raw, "processes") else "auto (the default)"
+        findings.add("deployment.processes", (
+            f"{auto} would start {sync_children} children for sync handlers (worker.concurrency "
+            f"{concurrency} / deployment.threads {threads}), above the limit of {MAX_PROCESSES}: "
+            f"{fix}set deployment.processes: 1 for async-only code (or lower worker.concurrency)"))
+    async_children = children_needed(concurrency, async_limit)
+    if async_children > MAX_PROCESSES:
+        key = "max_in_flight_per_child" if _given(raw, "max_in_flight_per_child") else "async_limit"
+        findings.add(f"deployment.{key}", (
+            f"with deployment.processes: auto, async-only code would start {async_children} children "
+            f"(worker.concurrency {concurrency} / deployment.{key} {async_limit}), above the limit of "
+            f"{MAX_PROCESSES}: raise deployment.{key} to {children_needed(concurrency, MAX_PROCESSES)} "
+            f"or more, or give deployment.processes a number, or lower worker.concurrency"))
+
+
+def _either(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
 
 
 def _check_mode(data: dict[str, Any], raw: dict[str, dict[str, Any]], findings: Findings) -> bool:

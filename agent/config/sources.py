@@ -25,6 +25,13 @@ __all__ = ["FAILED", "Findings", "apply_overrides", "expand_placeholders", "read
 #: schema neither parses it nor reports the field as missing.
 FAILED: Any = type("Failed", (), {"__repr__": lambda self: "<failed>"})()
 
+# (section, field) -> the other name of the same setting (a deprecated alias, or its new name).
+_ALIASES = {
+    ("worker", "queues"): "queue", ("worker", "queue"): "queues",
+    ("deployment", "async_limit"): "max_in_flight_per_child",
+    ("deployment", "max_in_flight_per_child"): "async_limit",
+}
+
 # RUNDOWN_* variables that other parts of the project read; not config overrides.
 _NOT_OVERRIDES = frozenset({"RUNDOWN_CONFIG", "RUNDOWN_REDIS_SERVER"})
 
@@ -193,10 +200,10 @@ def apply_overrides(data: Any, environ: Mapping[str, str], fields: Mapping[str, 
         target[name] = [v.strip() for v in value.split(",") if v.strip()] if kind == "list" else value
         _forget(findings, f"{section}.{name}")
         findings.origins[f"{section}.{name}"] = var
-        if (section, name) == ("worker", "queues"):
-            target.pop("queue", None)
-        elif (section, name) == ("worker", "queue"):
-            target.pop("queues", None)
+        # A variable for a field or its deprecated alias replaces the other one from the file.
+        other = _ALIASES.get((section, name))
+        if other is not None:
+            target.pop(other, None)
     return data
 
 

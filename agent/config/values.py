@@ -76,9 +76,13 @@ def parse_str(value: Any) -> str:
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-def parse_int(value: Any, minimum: int | None = None) -> int:
-    """An integer (or a string of digits); ``minimum`` is inclusive."""
-    if minimum == 1:
+def parse_int(value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (or a string of digits); ``minimum`` and ``maximum`` are inclusive."""
+    if minimum is not None and maximum is not None:
+        expected = f"an integer from {minimum} to {maximum}"
+    elif maximum is not None:
+        expected = f"an integer <= {maximum}"
+    elif minimum == 1:
         expected = "a positive integer"
     elif minimum == 0:
         expected = "an integer >= 0"
@@ -90,7 +94,7 @@ def parse_int(value: Any, minimum: int | None = None) -> int:
         value = int(value.strip())
     if not isinstance(value, int):
         raise Invalid(expected)
-    if minimum is not None and value < minimum:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise Invalid(expected)
     return value
 
