@@ -93,14 +93,13 @@ class _Child:
 
         assert self.proc is not None and self.proc.stdin is not None
         loop = asyncio.get_running_loop()
-        deadline = time.time() + 1800
         futures = []
         lines = []
         for task in tasks:
             future = loop.create_future()
             self.waiting[task.id] = future
             futures.append(future)
-            lines.append(encode_request(TaskRequest.from_dequeued(task, deadline)))
+            lines.append(encode_request(TaskRequest.from_dequeued(task)))
         self.proc.stdin.write(b"".join(lines))
         answers = await asyncio.gather(*futures)
         failed = [a for a in answers if a.error]

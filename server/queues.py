@@ -308,10 +308,13 @@ def _deployment(raw: Any, path: str, vaults: dict[str, dict[str, str]],
     if mode not in MODES:
         problems.append(f"{path}.mode: must be long_running or one_shot, got {mode!r}")
     out["mode"] = mode
-    for key, default, minimum in (("startup_timeout_secs", 60, 1), ("processes", 1, 1)):
+    for key, default, minimum in (("startup_timeout_secs", 60, 1), ("processes", None, 1)):
         value = raw.get(key, default)
+        if key == "processes" and value in (None, "auto"):
+            continue  # the agent starts as many children as its worker.concurrency needs
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            problems.append(f"{path}.{key}: must be an integer >= {minimum}")
+            problems.append(f"{path}.{key}: must be an integer >= {minimum}"
+                            + (" or auto" if key == "processes" else ""))
         out[key] = value
     storage = raw.get("redis_storage", True)
     if not isinstance(storage, bool):

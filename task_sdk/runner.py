@@ -45,17 +45,25 @@ class StartupError(Exception):
     """Raised (and reported to the agent) when the child cannot start serving."""
 
 
-class Settings(namedtuple("Settings", "max_in_flight sync_threads")):
+class Settings(namedtuple("Settings", "async_limit sync_threads")):
     """Limits the agent passes through the environment."""
 
     __slots__ = ()
 
     @classmethod
     def from_env(cls) -> Settings:
+        legacy = _positive_int_env("RUNDOWN_MAX_IN_FLIGHT", 1)
         return cls(
-            max_in_flight=_positive_int_env("RUNDOWN_MAX_IN_FLIGHT", 1),
+            async_limit=_positive_int_env("RUNDOWN_ASYNC_LIMIT", legacy),
             sync_threads=_positive_int_env("RUNDOWN_SYNC_THREADS", 1),
         )
+
+    def slots(self) -> int:
+        """Handlers this child runs at once: its threads when any handler is sync (a sync
+        handler may take any slot), its async limit when every handler is async."""
+        if any(not h.is_async for h in registry.handlers().values()):
+            return self.sync_threads
+        return self.async_limit
 
 
 def _traceback():
@@ -122,6 +130,18 @@ def _exception_line(exc: BaseException) -> str:
     return _traceback().format_exception_only(type(exc), exc)[-1].strip()
 
 
+def _handler_deadline(message: dict[str, Any], started_at: float) -> float | None:
+    """When this task's handler must be done: ``timeout`` seconds after it starts, never
+    later than the task's absolute ``deadline`` (a task that waited in this child for a
+    free slot has not used any of its timeout)."""
+    deadline = _as_float(message.get("deadline"))
+    timeout = _as_float(message.get("timeout"))
+    if timeout is not None:
+        limit = started_at + timeout
+        return limit if deadline is None else min(limit, deadline)
+    return deadline
+
+
 def _deadline_text(ctx: TaskContext, started_at: float) -> str:
     seconds = ctx.timeout if ctx.timeout else (ctx.deadline or started_at) - started_at
     return f"timeout: task exceeded its deadline of {max(seconds, 0.0):g}s"
@@ -139,8 +159,13 @@ class _Server:
         self.in_threads: set[str] = set()  # tasks whose sync handler is running in a thread
         self.accepting = True
         self.executor: ThreadPoolExecutor | None = None
-        self.semaphore: asyncio.Semaphore | None = None
+        self.slots = 1  # handlers run at once (Settings.slots)
+        # requests sent ahead of a free slot (the agent's prefetch), started in arrival order
+        self.waiting: dict[str, dict[str, Any]] = {}
         self._held: list[bytes] = []  # answers not yet written
+        self._held_lock = threading.Lock()
+        self._held_since = 0.0
+        self._watchdog: _HeldAnswerWatchdog | None = None
         self._slow: set[Any] = set()  # inline mode: handlers whose last run was slow
 
     # -- start-up -------------------------------------------------------------------------
@@ -150,6 +175,7 @@ class _Server:
         ``_inline_possible``); False when the asyncio server is needed instead."""
         self.settings = Settings.from_env()
         self._check_handlers()
+        self.slots = self.settings.slots()
         loader = registry.loader()
         if not self._inline_possible() or (loader is not None and registry.is_coroutine_function(loader)):
             return False
@@ -186,10 +212,25 @@ class _Server:
             asyncio.get_running_loop().call_soon(self._flush_answers)
 
     def _flush_answers(self) -> None:
-        if self._held:
-            data = b"".join(self._held)
-            self._held.clear()
-            self.channel.send_line(data)
+        with self._held_lock:  # the watchdog thread may write held answers too
+            if self._held:
+                data = b"".join(self._held)
+                self._held.clear()
+                self.channel.send_line(data)
+
+    def _hold(self, answer: bytes, started: float) -> None:
+        """Inline mode: keep an answer to write with the next ones. The watchdog writes it
+        if a handler after it runs long, so the agent learns at once that the next task
+        started (its timeout clock) whatever that handler does."""
+        with self._held_lock:
+            first = not self._held
+            if first:
+                self._held_since = started
+            self._held.append(answer)
+        if first:
+            if self._watchdog is None:
+                self._watchdog = _HeldAnswerWatchdog(self)
+            self._watchdog.wake()
 
     def _check_handlers(self) -> None:
         if not registry.handlers():
@@ -219,15 +260,16 @@ class _Server:
                 "status": "ready",
                 "protocol": PROTOCOL_VERSION,
                 "task_types": sorted(registry.handlers()),
-                "max_in_flight": self.settings.max_in_flight,
+                "slots": self.slots,
+                "max_in_flight": self.slots,  # agents before slots: as many as it runs at once
                 "sync_threads": self.settings.sync_threads,
+                "async_limit": self.settings.async_limit,
                 "pid": os.getpid(),
             }
         )
         self.channel.ready_sent = True
 
     async def _start(self) -> None:
-        import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
         self.settings = Settings.from_env()
@@ -242,10 +284,10 @@ class _Server:
                 _traceback().print_exc(file=sys.stderr)
                 raise StartupError(_exception_line(exc)) from exc
             self.ctx = value
-        # The agent decides how many tasks a child holds; sync handlers beyond the thread
-        # count wait here for a thread. Keeping a few queued hides the round trip to the
-        # agent, and deadlines are enforced by the agent either way.
-        self.semaphore = asyncio.Semaphore(self.settings.max_in_flight)
+        # At most `slots` handlers run at once; requests beyond them (the agent's prefetch)
+        # wait in `waiting` and start in arrival order as handlers finish, which is the order
+        # the agent assumes when it starts their timeout clocks.
+        self.slots = self.settings.slots()
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.sync_threads, thread_name_prefix="task_sdk-handler"
         )
@@ -274,6 +316,7 @@ class _Server:
             item = await self.inbox.get()
             if item is _EOF or item is _STOP:
                 self.accepting = False
+                self.waiting.clear()  # never started: the agent requeues them after we exit
             elif isinstance(item, bytes):
                 self._on_line(item)
             if self.once and self.tasks:
@@ -311,16 +354,32 @@ class _Server:
             return
         if not self.accepting:
             return  # stopping: the agent requeues whatever we did not answer
-        if task_id in self.tasks:
+        if task_id in self.tasks or task_id in self.waiting:
             print(
                 f"task_sdk: task {task_id} is already running; duplicate request ignored",
                 file=sys.stderr,
                 flush=True,
             )
             return
-        self.tasks[task_id] = asyncio.create_task(self._run_task(task_id, message))
+        if len(self.tasks) < self.slots:
+            self.tasks[task_id] = asyncio.create_task(self._run_task(task_id, message))
+        else:
+            self.waiting[task_id] = message
+
+    def _start_waiting(self) -> None:
+        """A slot is free: start the request that has waited longest."""
+        import asyncio
+
+        if self.waiting and self.accepting and len(self.tasks) < self.slots:
+            task_id = next(iter(self.waiting))
+            message = self.waiting.pop(task_id)
+            self.tasks[task_id] = asyncio.create_task(self._run_task(task_id, message))
 
     def _cancel(self, task_id: object) -> None:
+        if isinstance(task_id, str) and self.waiting.pop(task_id, None) is not None:
+            self._answer_soon(_failure_line(task_id, "cancelled: the agent cancelled this task",
+                                            retry=True, error_type="Cancelled"))
+            return
         running = self.tasks.get(task_id) if isinstance(task_id, str) else None
         if running is None:
             return
@@ -361,6 +420,7 @@ class _Server:
             if not self.accepting and not self.tasks:
                 self.inbox.put_nowait(_WAKE)
         self._answer_soon(line)
+        self._start_waiting()
 
     def _prepare(self, task_id: str, message: dict[str, Any]
                  ) -> tuple[TaskContext, registry.Handler, Any] | bytes:
@@ -371,7 +431,7 @@ class _Server:
             queue=str(message.get("queue") or ""),
             retry_count=_as_int(message.get("retry_count")),
             max_retry=_as_int(message.get("max_retry")),
-            deadline=_as_float(message.get("deadline")),
+            deadline=_handler_deadline(message, time.time()),
             timeout=_as_float(message.get("timeout")),
         )
         handler = registry.find_handler(ctx.type)
@@ -395,14 +455,12 @@ class _Server:
         if isinstance(prepared, bytes):
             return prepared
         ctx, handler, payload = prepared
-        assert self.semaphore is not None
-        async with self.semaphore:
-            started_at = time.time()
-            _set_current(ctx)
-            try:
-                result = await self._call(handler, payload, ctx)
-            except Exception as exc:
-                return self._failure_for(task_id, ctx, started_at, exc)
+        started_at = time.time()
+        _set_current(ctx)
+        try:
+            result = await self._call(handler, payload, ctx)
+        except Exception as exc:
+            return self._failure_for(task_id, ctx, started_at, exc)
         return _success_line(task_id, result)
 
     def _failure_for(self, task_id: str, ctx: TaskContext, started_at: float,
@@ -446,7 +504,6 @@ class _Server:
 
         busy = False
         held = self._held
-        held_since = 0.0
         channel = self.channel
         clock = time.perf_counter
         previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -468,11 +525,9 @@ class _Server:
                 started = clock()
                 answer = self._inline_line(line)
                 if answer is not None:
-                    if not held:
-                        held_since = started
-                    held.append(answer)
+                    self._hold(answer, started)
                     now = clock()
-                    if (len(held) >= ANSWER_BATCH or now - held_since > ANSWER_HOLD
+                    if (len(held) >= ANSWER_BATCH or now - self._held_since > ANSWER_HOLD
                             or now - started > ANSWER_HOLD or self.once):
                         self._flush_answers()
                 busy = False
@@ -552,6 +607,43 @@ class _Server:
         if isinstance(result, Awaitable):  # a sync function that returned a coroutine
             result = await _with_deadline(result, ctx.deadline)
         return result
+
+
+class _HeldAnswerWatchdog:
+    """A thread that writes the answers the inline loop holds once the oldest is
+    ``STALE`` seconds old: the loop itself writes them only between handlers, so without
+    this a handler that hangs would keep the answers before it, and the agent would think
+    an earlier task was still running (and blame it for the hang). It sleeps while
+    nothing is held."""
+
+    STALE = 0.005
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="task_sdk-answers", daemon=True).start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        server = self.server
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                time.sleep(self.STALE)
+                with server._held_lock:
+                    if not server._held:
+                        break
+                    if time.perf_counter() - server._held_since < self.STALE:
+                        continue
+                    data = b"".join(server._held)
+                    server._held.clear()
+                    try:
+                        server.channel.send_line(data)
+                    except OSError:
+                        return
 
 
 async def _awaited(awaitable: Any) -> Any:

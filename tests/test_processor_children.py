@@ -34,7 +34,7 @@ class ChildHarness:
     def __init__(self, url: str, concurrency: int = 8) -> None:
         spec = ChildSpec(argv=[sys.executable, str(CHILDREN / "sdk_app.py")], cwd=CHILDREN,
                          env=build_child_env({}, {}, None), startup_timeout=10.0, queue=Q,
-                         stop_grace=1.0, deadline_grace=0.3, max_in_flight=concurrency)
+                         stop_grace=1.0, deadline_grace=0.3, prefetch=concurrency - 1)
         self.pool = create_pool(spec)
         self.client = aioredis.Redis.from_url(url)
         self.broker = Broker(self.client)

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.broker import DequeuedTask, TaskMessage
@@ -217,33 +218,65 @@ async def test_crash_by_sigkill_says_likely_out_of_memory(pools):
     await serves(pool)
 
 
-async def test_crash_fails_every_task_in_flight_in_that_child(pools):
-    pool = await pools(make_spec(max_in_flight=3))
+async def test_crash_with_several_handlers_running_charges_none_of_them_the_first_time(pools):
+    pool = await pools(make_spec(threads=3))
     sleepers = [
         asyncio.create_task(pool.run(request("sleep_async", {"seconds": 5}))) for _ in range(2)
     ]
     await asyncio.sleep(0.2)
-    crash = await pool.run(request("exit", {"code": 9}))
+    crasher = request("exit", {"code": 9})
+    crash = await pool.run(crasher)
     outcomes = [crash, *await asyncio.gather(*sleepers)]
-    assert [o.kind for o in outcomes] == ["retry"] * 3
+    # no one can tell which of three handlers killed the child: all go back, uncharged
+    assert [o.kind for o in outcomes] == ["requeue"] * 3
     assert all("exited with code 9" in o.error for o in outcomes)
+    await serves(pool)
+    # the same task kills its child again beside another: now it is the one to blame
+    sleeper = asyncio.create_task(pool.run(request("sleep_async", {"seconds": 5})))
+    await asyncio.sleep(0.2)
+    again = await pool.run(crasher)
+    assert again.kind == "retry" and "exited with code 9" in again.error
+    assert (await sleeper).kind == "requeue"
     await serves(pool)
 
 
-async def test_hang_past_deadline_stops_child_and_requeues_its_other_tasks(pools):
-    pool = await pools(make_spec(max_in_flight=2, sync_threads=2))
+async def test_crash_with_one_handler_running_charges_it_and_requeues_the_waiting(pools):
+    pool = await pools(make_spec(prefetch=2))
+    (old,) = pids(pool)
+    crash = asyncio.create_task(pool.run(request("exit_after", {"seconds": 0.3, "code": 9})))
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(pool.run(request("echo", {"n": n}))) for n in range(2)]
+    assert (await crash).kind == "retry"
+    for outcome in await asyncio.gather(*waiting):
+        assert outcome.kind == "requeue", outcome  # never started: never charged
+    assert await serves(pool) != old
+
+
+async def test_hang_past_deadline_kills_child_and_requeues_its_other_tasks(pools):
+    pool = await pools(make_spec(threads=2, deadline_grace=0.25))
     (old,) = pids(pool)
     other = asyncio.create_task(pool.run(request("sleep_sync", {"seconds": 5})))
     await asyncio.sleep(0.1)
     started = time.monotonic()
     hung = await pool.run(request("hang_sync", deadline_in=0.5, timeout=0.5))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 0.5 + 0.5  # within 0.5 s of the deadline
     assert hung.kind == "retry"
-    assert hung.error.startswith("timeout: task exceeded its deadline of 0.5s")
+    assert hung.error.startswith("timeout: task exceeded its timeout of 0.5s")
     requeued = await other
     assert requeued.kind == "requeue"
-    assert f"child process {old} was stopped" in requeued.error
+    assert f"child process {old} ended" in requeued.error
+    assert not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE
     assert await serves(pool) != old
+
+
+async def test_timeout_of_a_waiting_task_starts_when_its_handler_starts(pools):
+    pool = await pools(make_spec(prefetch=3))
+    tasks = [asyncio.create_task(pool.run(request("sleep_sync", {"seconds": 0.4}, timeout=0.7)))
+             for _ in range(4)]
+    outcomes = await asyncio.gather(*tasks)  # 1.6 s in all, each well inside its 0.7 s
+    assert [o.kind for o in outcomes] == ["success"] * 4
+    starts = sorted(json.loads(o.result)["start"] for o in outcomes)
+    assert starts[-1] - starts[0] > 1.0  # they really ran one after another
 
 
 async def test_async_hang_is_cancelled_at_the_deadline_by_the_sdk(pools):
@@ -268,7 +301,25 @@ async def test_recycling_when_rss_exceeds_the_limit(pools):
     first = await pool.run(request("alloc", {"mb": 10}))
     again = await pool.run(request("alloc", {"mb": 100}))  # now over the limit: recycled
     assert first.result == again.result
+    give_up = time.monotonic() + 2.0
+    while pids(pool) == {int(first.result)} and time.monotonic() < give_up:
+        await asyncio.sleep(0.05)  # an idle child over the limit is replaced, blaming no one
     assert await serves(pool) != int(first.result)
+
+
+async def test_memory_limit_stops_a_running_handler_and_blames_only_it(pools):
+    pool = await pools(make_spec(max_memory_bytes=150 * MiB, prefetch=1))
+    (old,) = pids(pool)
+    started = time.monotonic()
+    greedy = asyncio.create_task(pool.run(request("grow", {"mb": 1500}, timeout=60)))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(pool.run(request("echo", {"x": 1})))
+    outcome = await greedy
+    assert time.monotonic() - started < 5
+    assert outcome.kind == "retry"
+    assert outcome.error.startswith("memory limit exceeded (") and "> 157 MB" in outcome.error
+    assert (await waiting).kind == "requeue"  # it never started: no charge
+    assert await serves(pool) != old
 
 
 async def test_repeated_crashes_make_the_pool_unhealthy_until_a_restart_succeeds(pools):
@@ -456,7 +507,7 @@ async def test_task_context_reaches_the_handler(pools):
 
 
 async def test_fifty_concurrent_async_tasks_in_one_child(pools):
-    pool = await pools(make_spec(max_in_flight=50))
+    pool = await pools(make_spec(threads=50, async_limit=50))
     started = time.monotonic()
     outcomes = await asyncio.gather(
         *(pool.run(request("sleep_async", {"seconds": 0.5})) for _ in range(50))
@@ -470,7 +521,7 @@ async def test_fifty_concurrent_async_tasks_in_one_child(pools):
 
 
 async def test_sync_handlers_overlap_in_a_pool_of_four_threads(pools):
-    pool = await pools(make_spec(max_in_flight=4, sync_threads=4))
+    pool = await pools(make_spec(threads=4))
     started = time.monotonic()
     outcomes = await asyncio.gather(
         *(pool.run(request("sleep_sync", {"seconds": 0.5})) for _ in range(4))
@@ -484,7 +535,7 @@ async def test_sync_handlers_overlap_in_a_pool_of_four_threads(pools):
 
 
 async def test_tasks_go_to_the_least_busy_child(pools):
-    pool = await pools(make_spec(max_in_flight=2), processes=2)
+    pool = await pools(make_spec(threads=2), processes=2)
     running = [
         asyncio.create_task(pool.run(request("sleep_async", {"seconds": 0.5}))) for _ in range(4)
     ]
@@ -527,8 +578,9 @@ async def serves_runqy(pool: ChildPool) -> None:
 
 
 async def test_runqy_python_style_child_works_unchanged(pools):
-    pool = await pools(make_spec("runqy_style.py", max_in_flight=8))
-    assert [s["max_in_flight"] for s in pool.status()] == [1]  # it reads sequentially
+    pool = await pools(make_spec("runqy_style.py", threads=8, prefetch=4))
+    assert [s["slots"] for s in pool.status()] == [1]  # it reads sequentially
+    assert pool.placeable(100) == 1  # and gets no prefetch
     await serves_runqy(pool)
     failed = await pool.run(request("any", {"action": "fail"}))
     assert failed == Outcome("archive", error="runqy handler failed")  # retry omitted: permanent
@@ -655,11 +707,13 @@ def test_build_child_env_is_explicit(tmp_path):
 
 
 def test_child_spec_validation():
-    with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
-        make_spec(max_in_flight=0)
-    spec = make_spec(max_in_flight=7, sync_threads=3)
+    with pytest.raises(ValueError, match="threads and async_limit must be >= 1"):
+        make_spec(threads=0)
+    with pytest.raises(ValueError, match="prefetch must be >= 0"):
+        make_spec(prefetch=-1)
+    spec = make_spec(async_limit=7, threads=3)
     env = spec.process_env()
-    assert (env["RUNDOWN_PROTOCOL"], env["RUNDOWN_MAX_IN_FLIGHT"], env["RUNDOWN_SYNC_THREADS"]) == (
+    assert (env["RUNDOWN_PROTOCOL"], env["RUNDOWN_ASYNC_LIMIT"], env["RUNDOWN_SYNC_THREADS"]) == (
         "1",
         "7",
         "3",

@@ -490,8 +490,8 @@ def _deployment(data: Mapping[str, Any], parent: str, read: _Reader, secrets: di
         raise read.fail("deployment.mode", f"must be long_running or one_shot, got {mode!r}")
     key = "startup_timeout_secs" if "startup_timeout_secs" in dep else "startup_timeout"
     timeout = read.integer(dep, key, f"deployment.{key}")
-    processes = read.integer(dep, "processes", "deployment.processes") or 1
-    if processes < 1:
+    processes = read.integer(dep, "processes", "deployment.processes")  # None: auto
+    if processes is not None and processes < 1:
         raise read.fail("deployment.processes", f"must be >= 1, got {processes}")
     requirements = read.text(dep, "requirements", "deployment.requirements")
     if requirements and (requirements.startswith("/") or ".." in requirements.split("/")):

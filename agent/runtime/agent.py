@@ -28,7 +28,9 @@ from agent.runtime.processor import Observer, Processor
 from agent.runtime.reconciler import Reconciler
 from agent.runtime.recoverer import Recoverer
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from agent.supervisor.health import Capacity
 from agent.supervisor.outcome import Executor
+from agent.supervisor.reaper import Reaper, process_marks
 
 log = logging.getLogger("agent.runtime")
 
@@ -56,9 +58,10 @@ def parent_queue(queue: str) -> str:
 
 class Agent:
     def __init__(self, settings: AgentSettings, executors: Mapping[str, Executor],
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, capacity: Capacity | None = None) -> None:
         self.settings = settings
-        self.executors = dict(executors)  # by parent queue
+        self.executors = dict(executors)  # by parent queue; queues of one deployment share one
+        self.capacity = capacity or Capacity(settings.concurrency)
         self.observer = observer or Observer()
         self.lifecycle = Lifecycle()
         self.identity = Identity()
@@ -69,6 +72,8 @@ class Agent:
         self.requeued_at_shutdown = 0
         self._processor_task: asyncio.Task | None = None
         self._ticker: asyncio.Task | None = None
+        # kills every process our children started if we die, SIGKILL included
+        self.reaper = Reaper(process_marks().token)
 
         retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)
         common = dict(socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
@@ -92,7 +97,8 @@ class Agent:
         self.processor = Processor(
             self.broker, settings.weights, concurrency=settings.concurrency, limits=settings.limits,
             strict=settings.strict_priority, executor_for=self.executor_for, leases=self.leases,
-            signal=self.signal, waiters=self.waiters, observer=self.observer)
+            signal=self.signal, waiters=self.waiters, observer=self.observer,
+            capacity=self.capacity)
         queues = lambda: self.processor.queues  # noqa: E731
         self.forwarder = Forwarder(self.broker, queues)
         self.recoverer = Recoverer(self.broker, queues)
@@ -100,7 +106,7 @@ class Agent:
         self.reconciler = Reconciler(self.broker, queues)
         self.heartbeat = Heartbeat(self.broker, self.identity, settings.weights, settings.concurrency,
                                    settings.strict_priority, lambda: self.lifecycle.asynq_status,
-                                   lambda: [e.task for e in self.processor.in_flight.values()])
+                                   self.processor.running_tasks)
         self.cancels = CancelListener(self.redis, self.processor.cancel)
         self.loops = [self.heartbeat, self.forwarder, self.recoverer, self.janitor, self.reconciler]
         self._loop = asyncio.get_running_loop()
@@ -108,6 +114,27 @@ class Agent:
 
     def executor_for(self, queue: str) -> Executor:
         return self.executors[parent_queue(queue)]
+
+    def pools(self) -> dict[str, Executor]:
+        """Each distinct executor once, named by the parent queues it serves."""
+        names: dict[int, list[str]] = {}
+        distinct: dict[int, Executor] = {}
+        for name, executor in self.executors.items():
+            names.setdefault(id(executor), []).append(name)
+            distinct[id(executor)] = executor
+        return {",".join(names[key]): executor for key, executor in distinct.items()}
+
+    @property
+    def slots(self) -> int:
+        """Handlers that can run at once: ``worker.concurrency``, or fewer when the pools'
+        children offer fewer slots (what the heartbeat and /status report)."""
+        total = 0
+        for executor in self.pools().values():
+            slots = getattr(executor, "slots", None)
+            if slots is None:
+                return self.settings.concurrency
+            total += slots
+        return min(self.settings.concurrency, total) if total else self.settings.concurrency
 
     def _loop_alive(self) -> bool:
         return time.monotonic() - self.loop_tick < 20.0
@@ -167,16 +194,26 @@ class Agent:
         await self.connect()
         # Register our queues so `asynq stats` and the Inspector show them before any enqueue.
         await self.broker.register_queues(self.processor.queues)
-        for name, executor in self.executors.items():
-            log.info("starting executor for queue %s", name)
+        await asyncio.to_thread(self.reaper.start)
+        for name, executor in self.pools().items():
+            log.info("starting the task processes for queue %s", name)
             await executor.start()
+        slots = self.slots
+        self.heartbeat.concurrency = slots
+        if slots < self.settings.concurrency:
+            log.warning("worker.concurrency is %d but the children offer %d handler slots: at most "
+                        "%d handlers run at once; set deployment.processes: auto, more processes "
+                        "or deployment.threads, or lower worker.concurrency",
+                        self.settings.concurrency, slots, slots)
         self.leases.start()
         for loop in self.loops:
             loop.start()
         self.cancels.start()
         self._processor_task = asyncio.create_task(self.processor.run(), name="processor")
         self.lifecycle.move(State.READY)
-        log.info("ready: queues %s, concurrency %d%s", self.settings.weights, self.settings.concurrency,
+        queues = self.settings.weights
+        shown = queues if len(queues) <= 20 else f"{len(queues)} queues"
+        log.info("ready: queues %s, %d handlers at once%s", shown, slots,
                  ", strict priority" if self.settings.strict_priority else "")
 
     async def wait_for_stop(self) -> None:
@@ -189,17 +226,19 @@ class Agent:
             log.warning("requeued %d unfinished task(s)", self.requeued_at_shutdown)
         if self._processor_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._processor_task, 5)
+                await asyncio.wait_for(self._processor_task, 1.0)
         await self.waiters.stop()
         await self.cancels.stop()
         for loop in self.loops:
             await loop.stop()
         self.leases.stop()
-        for name, executor in self.executors.items():
+        for name, executor in self.pools().items():
             try:
-                await executor.stop(grace=5.0)
+                await executor.stop(grace=0.5)  # drained: nothing should be left running
             except Exception as exc:  # noqa: BLE001
-                log.warning("stopping executor %s: %s", name, exc)
+                log.warning("stopping the task processes of %s: %s", name, exc)
+        if self.reaper.alive():
+            await asyncio.to_thread(self.reaper.stop)  # and whatever they left behind
         try:
             await self.heartbeat.clear()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -214,9 +253,16 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the exit code."""
         self.install_signal_handlers()
+        starting = asyncio.ensure_future(self.start())
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        await asyncio.wait([starting, stop], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # SIGTERM during start-up (a long @load): stop at once
+            log.info("stop requested during start-up")
+            starting.cancel()
+        stop.cancel()
         try:
-            await self.start()
-        except StopRequested:
+            await starting
+        except (StopRequested, asyncio.CancelledError):
             await self.shutdown()
             return 0
         await self.wait_for_stop()
@@ -247,7 +293,7 @@ class Agent:
             reasons.append(f"redis unreachable: {type(exc).__name__}")
         if self.lifecycle.state == State.READY and time.monotonic() - self.processor.last_dequeue_ok > 10:
             reasons.append("no successful dequeue in the last 10s")
-        for name, executor in self.executors.items():
+        for name, executor in self.pools().items():
             if not executor.healthy:
                 reasons.append(f"queue {name}: task processes unhealthy")
         return not reasons, reasons
@@ -255,22 +301,26 @@ class Agent:
     def status(self) -> dict:
         now = time.time()
         proc = self.processor
+        running = {t.id for t in proc.running_tasks()}
         return {
             "state": str(self.lifecycle.state),
             "state_since": self.lifecycle.since,
             "server": {"host": self.identity.host, "pid": self.identity.pid,
                        "server_id": self.identity.server_id, "started": self.identity.started},
             "concurrency": self.settings.concurrency,
+            "slots": self.slots,
+            "running": self.capacity.running,
             "strict_priority": self.settings.strict_priority,
             "queues": {q: {"weight": w, "limit": self.settings.limits.get(q),
                            "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused}
                        for q, w in self.settings.weights.items()},
             "executors": {name: {"healthy": ex.healthy, "children": ex.status()}
-                          for name, ex in self.executors.items()},
-            "in_flight": [{"id": e.task.id, "queue": e.task.queue,
-                           "type": e.task.message.type if e.task.message else "",
-                           "age_seconds": round(now - e.task.started_at, 3)}
-                          for e in list(proc.in_flight.values())],
+                          for name, ex in self.pools().items()},
+            "in_flight": [{"id": t.id, "queue": t.queue,
+                           "type": t.message.type if t.message else "",
+                           "running": t.id in running,
+                           "age_seconds": round(now - t.started_at, 3)}
+                          for t in (e.task for e in list(proc.in_flight.values()))],
             "leases": {"extensions": self.leases.extensions, "losses": self.leases.losses,
                        "errors": self.leases.errors},
             "requeued_at_shutdown": self.requeued_at_shutdown,

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
-from agent.supervisor import ChildSpec, build_child_env, create_pool, resolve_argv
+from agent.supervisor import Capacity, ChildSpec, build_child_env, create_pool, resolve_argv
 
 log = logging.getLogger("agent.runtime")
 
@@ -58,35 +59,55 @@ async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[s
     from agent.bootstrap.deploy import deploy
 
     out = {}
+    done: list[tuple[DeploymentSpec, Deployment]] = []  # queues with the same code deploy once
     for parent, spec in specs.items():
-        out[parent] = await asyncio.to_thread(deploy, spec, config.deployment.dir, config.git)
-        d = out[parent]
+        same = replace(spec, queue="")
+        found = next((d for s, d in done if s == same), None)
+        if found is not None:
+            out[parent] = found
+            continue
+        out[parent] = d = await asyncio.to_thread(deploy, spec, config.deployment.dir, config.git)
+        done.append((same, d))
         log.info("queue %s: code at %s (commit %s), %s", parent, d.code_dir, d.commit[:12] or "-",
                  "dependencies installed" if d.installed else "dependencies up to date")
     return out
 
 
-def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment]) -> dict:
-    pools = {}
+def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
+                capacity: Capacity) -> dict:
+    """One pool per deployment: parent queues that run the same code (same checkout,
+    command, environment and mode) share its children, so 2,000 queues cost no more
+    processes than one. Returns the pool of each parent queue."""
+    pools: dict[str, Any] = {}
+    shared: dict[tuple, Any] = {}
+    worker, deployment = config.worker, config.deployment
     for parent, spec in plan.specs.items():
         dep = deployments[parent]
+        key = (str(dep.code_dir), str(dep.venv_dir), spec.startup_cmd, spec.mode, spec.processes,
+               tuple(sorted((str(k), str(v)) for k, v in {**spec.env_vars, **spec.secrets}.items())))
+        if key in shared:
+            pools[parent] = shared[key]
+            continue
         env = build_child_env(spec.env_vars, spec.secrets, dep.venv_dir)
         child = ChildSpec(
             argv=resolve_argv(spec.startup_cmd, dep.venv_dir), cwd=dep.code_dir, env=env,
-            startup_timeout=spec.startup_timeout,
-            max_in_flight=config.deployment.max_in_flight_per_child or config.worker.concurrency,
-            max_tasks_per_child=config.worker.max_tasks_per_child,
-            max_memory_bytes=config.worker.max_memory_per_child, queue=parent,
-            rlimit_as_bytes=config.deployment.one_shot_memory_limit,
-            rlimit_cpu_seconds=config.deployment.one_shot_cpu_seconds)
-        pools[parent] = create_pool(child, mode=spec.mode, processes=spec.processes)
+            startup_timeout=spec.startup_timeout, threads=deployment.threads,
+            async_limit=deployment.async_limit or worker.concurrency, prefetch=worker.prefetch,
+            max_tasks_per_child=worker.max_tasks_per_child,
+            max_memory_bytes=worker.max_memory_per_child, queue=parent,
+            rlimit_as_bytes=deployment.one_shot_memory_limit,
+            rlimit_cpu_seconds=deployment.one_shot_cpu_seconds)
+        pools[parent] = shared[key] = create_pool(
+            child, mode=spec.mode, processes=spec.processes, capacity=capacity,
+            target_slots=worker.concurrency)
     return pools
 
 
 async def serve(config: Config) -> int:
     plan = local_plan(config) if config.local_mode else await server_plan(config)
     deployments = await deploy_all(config, plan.specs)
-    pools = build_pools(config, plan, deployments)
+    capacity = Capacity(config.worker.concurrency)
+    pools = build_pools(config, plan, deployments, capacity)
     settings = AgentSettings(
         redis_url=plan.redis.url, redis_kwargs=plan.redis.kwargs, weights=plan.weights,
         limits=plan.limits, concurrency=config.worker.concurrency,
@@ -96,7 +117,7 @@ async def serve(config: Config) -> int:
     from agent.ops.service import OpsPlane
 
     metrics = Metrics()
-    agent = Agent(settings, pools, observer=metrics)
+    agent = Agent(settings, pools, observer=metrics, capacity=capacity)
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()

@@ -1,5 +1,6 @@
-"""Processor: the hot path. Dequeues by priority when a slot is free, runs each task on
-its queue's executor, and records the outcome exactly as asynq would.
+"""Processor: the hot path. Dequeues by priority only what its executors can start now
+(plus their explicit prefetch), runs each task on its queue's executor, and records the
+outcome exactly as asynq would.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.broker.plans import processing_deadline
 from agent.broker.priority import QueueOrder
 from agent.runtime.leases import LeaseKeeper
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
+from agent.supervisor.health import Capacity
 from agent.supervisor.outcome import Executor, Outcome
 
 log = logging.getLogger("agent.runtime")
@@ -69,8 +71,11 @@ class Processor:
                  limits: Mapping[str, int] | None = None, strict: bool = False,
                  executor_for: Callable[[str], Executor], leases: LeaseKeeper,
                  signal: WorkSignal, waiters: QueueWaiters | None = None,
-                 observer: Observer | None = None, batch: int = 64) -> None:
+                 observer: Observer | None = None, batch: int = 64,
+                 capacity: Capacity | None = None) -> None:
         self.broker = broker
+        # handlers running across the executors (shared with the child pools)
+        self.capacity = capacity or Capacity(concurrency)
         self.order = QueueOrder(weights, strict)
         self.queues = list(self.order.weights) or list(weights)
         self.concurrency = concurrency
@@ -99,6 +104,8 @@ class Processor:
         self._paused_checked = 0.0
         self._empty_at: dict[str, float] = {}  # queue -> when a dequeue last found it empty
         self._executors: dict[str, Executor] = {}
+        self._budget: dict[int, int] = {}  # id(executor) -> tasks it can take now
+        self.requeued = 0  # tasks given back to their queue (requeue outcomes written)
         self._min_fetch = max(1, min(batch, concurrency // 8))
         self._took_last = False
         self._waited_for_slots = False
@@ -116,10 +123,31 @@ class Processor:
             limit = self.limits.get(queue)
             if limit is not None and self.per_queue[queue] >= limit:
                 continue
-            if not self._executor(queue).healthy:
+            executor = self._executor(queue)
+            if not executor.healthy or self._budget.get(id(executor), 1) <= 0:
                 continue
             out.append(queue)
         return out
+
+    def _measure_room(self) -> int:
+        """How many tasks the executors can take now (``_budget``, per executor): what their
+        free slots can start under ``worker.concurrency``, plus their prefetch room; an
+        executor without slots of its own (in-process) gets concurrency minus tasks held."""
+        room = self.capacity.room
+        budget: dict[int, int] = {}
+        for executor in self._executors.values():
+            key = id(executor)
+            if key in budget:
+                continue
+            placeable = getattr(executor, "placeable", None)
+            if placeable is None:
+                n = self.concurrency - len(self.in_flight)
+            else:
+                n = placeable(max(room, 0))
+                room -= n
+            budget[key] = max(n, 0)
+        self._budget = budget
+        return sum(budget.values())
 
     def _executor(self, queue: str) -> Executor:
         executor = self._executors.get(queue)
@@ -139,7 +167,10 @@ class Processor:
         self._stopped.set()
 
     async def _step(self) -> None:
-        free = self.concurrency - len(self.in_flight)
+        if len(self._executors) < len(self.queues):
+            for queue in self.queues:
+                self._executor(queue)
+        free = self._measure_room()
         if free <= 0 or (free < self._min_fetch and self._took_last and not self._waited_for_slots):
             # Under load, let a few slots free up so one round trip takes several tasks; a
             # short wait at most, and never when idle (then every slot is free anyway).
@@ -179,7 +210,23 @@ class Processor:
 
     def _room(self, queue: str, want: int) -> int:
         limit = self.limits.get(queue)
+        budget = self._budget.get(id(self._executor(queue)), want)
+        want = min(want, budget)
         return want if limit is None else min(want, limit - self.per_queue[queue])
+
+    def _within_budget(self, counts: dict[str, int]) -> dict[str, int]:
+        """Cap a fetch's per-queue counts so that queues sharing an executor together take
+        no more than it can start (or hold as prefetch)."""
+        left = dict(self._budget)
+        out = {}
+        for queue, n in counts.items():
+            key = id(self._executor(queue))
+            n = min(n, left.get(key, n))
+            if key in left:
+                left[key] -= n
+            if n > 0:
+                out[queue] = n
+        return out
 
     def _allocate(self, queues: list[str], want: int) -> dict[str, int]:
         """Share ``want`` slots among queues by weight (asynq's odds, drawn per slot), so
@@ -230,7 +277,9 @@ class Processor:
             first = self._draw(candidates)
             counts = {first: self._room(first, want)}
         else:
-            counts = self._allocate(candidates, want)
+            counts = self._within_budget(self._allocate(candidates, want))
+        if not counts:
+            return [], []
         tasks, orphans, taken = await self.broker.dequeue_counts(counts)
         for queue, n in taken.items():
             if n:
@@ -290,11 +339,10 @@ class Processor:
         start = getattr(executor, "start_task", None)
         if start is None:
             return False
-        deadline = processing_deadline(task.message, task.started_at)
-        if deadline <= time.time():
-            return False
+        if 0 < task.message.deadline <= time.time():
+            return False  # past its absolute deadline: the handler path fails it
         entry.executor = executor
-        if start(task, deadline, lambda outcome: self._answered(entry, outcome)):
+        if start(task, lambda outcome: self._answered(entry, outcome)):
             return True
         entry.executor = None
         return False
@@ -329,6 +377,8 @@ class Processor:
             self._drop(entry)
             return
         entry.recording = True
+        if outcome.kind == "requeue":
+            self.requeued += 1
         if outcome.kind == "success" and self._lane_open and task.message and not task.message.retention:
             self._to_delete(entry, outcome)
             return
@@ -417,6 +467,8 @@ class Processor:
                 self.observer.task_dropped(task)
                 return
             entry.recording = True
+            if outcome.kind == "requeue":
+                self.requeued += 1
             state = await self._record(task, outcome)
             self.observer.task_finished(task, outcome, state, time.monotonic() - entry.started)
         except asyncio.CancelledError:
@@ -509,25 +561,24 @@ class Processor:
         self._slot_freed.set()
 
     async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> int:
-        """Wait up to ``timeout`` for in-flight tasks, then requeue the rest (ours only).
-
-        Returns how many tasks were requeued. ``hurry`` (a second signal) ends the wait early.
-        """
+        """Stop fetching; let the running handlers finish for up to ``timeout`` (``hurry``,
+        a second signal, cuts it short); then stop what still runs and wait until it has
+        exited; only then give the unfinished tasks back to their queues (ours only). No task
+        runs in two places at once because of a drain. Returns how many were requeued."""
         self.stop_fetching()
+        deadline = time.monotonic() + timeout
         # Tasks a fetch in flight brings are ours to finish or requeue: wait for it first.
-        started = time.monotonic()
         await self._wait_or_stop(self._no_fetch.wait(), timeout)
-        timeout = max(0.0, timeout - (time.monotonic() - started))
+        before = self.requeued
+        executors = {id(e): e for e in self._executors.values()}.values()
+        left = max(0.0, deadline - time.monotonic())
+        await asyncio.gather(*(self._drain_executor(e, left, hurry) for e in executors))
+        # The children have exited: every task they held has its outcome, now being written.
         if self.in_flight:
             self._all_done.clear()
-            waits = [asyncio.create_task(self._all_done.wait())]
-            if hurry is not None:
-                waits.append(asyncio.create_task(hurry.wait()))
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            for t in waits:
-                t.cancel()
-        requeued = 0
-        for entry in list(self.in_flight.values()):
+            await self._wait_or_stop(self._all_done.wait(), 2.0)
+        requeued = self.requeued - before
+        for entry in list(self.in_flight.values()):  # executors without a drain of their own
             if not self._interrupt(entry, "requeued"):
                 continue
             try:
@@ -539,5 +590,31 @@ class Processor:
                 log.error("could not requeue task %s (Redis unreachable: %s); its lease will "
                           "expire and it will be recovered", entry.task.id, exc)
         if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=5.0)
+            await asyncio.wait(set(self._handlers), timeout=1.0)
         return requeued
+
+    async def _drain_executor(self, executor: Executor, timeout: float,
+                              hurry: asyncio.Event | None) -> None:
+        drain = getattr(executor, "drain", None)
+        if drain is not None:
+            await drain(timeout, hurry)
+            return
+        # In-process executor: wait for its tasks, then interrupt them (drain() requeues).
+        if self.in_flight:
+            self._all_done.clear()
+            waits = [asyncio.ensure_future(self._all_done.wait())]
+            if hurry is not None:
+                waits.append(asyncio.ensure_future(hurry.wait()))
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for t in waits:
+                t.cancel()
+
+    def running_tasks(self) -> list[DequeuedTask]:
+        """Tasks whose handler runs now (not waiting in a child for a slot)."""
+        out = []
+        for entry in list(self.in_flight.values()):
+            executor = entry.executor or self._executors.get(entry.task.queue)
+            started = getattr(executor, "handler_started", None)
+            if started is None or started(entry.task.id):
+                out.append(entry.task)
+        return out

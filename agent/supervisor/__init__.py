@@ -5,8 +5,8 @@ Usage (the runtime)::
     argv = resolve_argv(deployment.startup_cmd, venv_dir)
     env = build_child_env(deployment.env, secrets, venv_dir)
     spec = ChildSpec(argv=argv, cwd=code_dir, env=env, startup_timeout=60,
-                     max_in_flight=4, queue="emails")
-    pool = create_pool(spec, mode="long_running", processes=2)
+                     threads=1, prefetch=4, queue="emails")
+    pool = create_pool(spec, mode="long_running", processes=2)   # None: as concurrency needs
     await pool.start()                   # ChildStartupError if the code cannot start
     outcome = await pool.run(request)    # or pool.execute(dequeued_task, deadline)
     await pool.stop()
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from agent.supervisor.child import Child, ChildExit, ChildStartupError, describe_exit
-from agent.supervisor.health import CrashTracker, RestartPolicy
+from agent.supervisor.health import Capacity, CrashSuspects, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec, StartupCommandError, build_child_env, resolve_argv
 from agent.supervisor.long_running import LongRunningPool
 from agent.supervisor.one_shot import OneShotPool
@@ -29,6 +29,8 @@ from agent.supervisor.pool import ChildPool, PoolUnavailable
 from agent.supervisor.task_request import TaskRequest
 
 __all__ = [
+    "Capacity",
+    "CrashSuspects",
     "Child",
     "ChildExit",
     "ChildPool",
@@ -55,14 +57,18 @@ def create_pool(
     spec: ChildSpec,
     *,
     mode: Mode = "long_running",
-    processes: int = 1,
+    processes: int | None = 1,
     restart: RestartPolicy | None = None,
+    capacity: Capacity | None = None,
+    target_slots: int = 1,
 ) -> ChildPool:
-    """The pool for one queue: ``processes`` warm children, or a fresh child per task."""
+    """The pool of one deployment: warm children (``processes``, or None for as many as
+    ``target_slots`` handlers at once need), or a fresh child per task. ``capacity`` is
+    shared by every pool of the agent (``worker.concurrency``)."""
     if mode == "long_running":
-        return LongRunningPool(spec, processes, restart)
+        return LongRunningPool(spec, processes, restart, capacity=capacity, target_slots=target_slots)
     if mode == "one_shot":
-        return OneShotPool(spec, restart)
+        return OneShotPool(spec, restart, capacity=capacity)
     raise ValueError(
         f"queue {spec.queue!r}: mode must be 'long_running' or 'one_shot', got {mode!r}"
     )

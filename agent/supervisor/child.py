@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from agent.supervisor.health import Capacity, CrashSuspects
 from agent.supervisor.launch import ChildSpec, rlimit_setter
 from agent.supervisor.outcome import Outcome
 from agent.supervisor.protocol import (
@@ -38,6 +39,7 @@ from agent.supervisor.protocol import (
     success_answer,
     task_id_of_head,
 )
+from agent.supervisor.reaper import pdeathsig_preexec, process_marks, sweeper
 from agent.supervisor.task_request import TaskRequest
 
 log = logging.getLogger("agent.supervisor.child")
@@ -47,7 +49,7 @@ output_log = logging.getLogger("agent.child")
 STDERR_LINE_LIMIT = 64 * 1024
 _STDERR_LINES_IN_ERRORS = 10
 _EXIT_DRAIN_SECONDS = 2.0  # after exit, how long the last output may take to arrive
-DEADLINE_SWEEP = 0.25  # seconds between checks for tasks past their deadline
+DEADLINE_SWEEP = 0.1  # seconds between checks for handlers past their deadline
 
 
 class ChildStartupError(Exception):
@@ -82,11 +84,17 @@ def describe_exit(returncode: int) -> str:
 
 
 class Child:
-    """A child process running task code, and the tasks in flight in it.
+    """A child process running task code, and the tasks it holds.
 
     States: ``starting`` -> ``ready`` -> (``draining``) -> ``stopping`` -> ``exited``.
     ``retired`` is set as soon as the child must not get new tasks (draining, stopping or
     exited), which is the pool's cue to replace it.
+
+    The child runs ``slots`` handlers at once (announced in its ready message: its handler
+    threads, or its async limit when every handler is async). A task sent while a slot is
+    free starts at once; up to ``spec.prefetch`` more wait in the child and start in the
+    order sent as its handlers finish, which is when their timeout clocks start here too.
+    ``capacity`` counts the handlers running across the agent (``worker.concurrency``).
     """
 
     def __init__(
@@ -96,17 +104,23 @@ class Child:
         one_shot: bool = False,
         on_exit: Callable[[Child, ChildExit], None] | None = None,
         on_free: Callable[[], None] | None = None,
+        capacity: Capacity | None = None,
+        suspects: CrashSuspects | None = None,
     ) -> None:
         self.spec = spec
         self.one_shot = one_shot
         self.state = "starting"
         self.pid: int | None = None
         self.ready: Ready | None = None
-        self.max_in_flight = 1 if one_shot else spec.max_in_flight
+        self.slots = 1
+        self.prefetch = 0 if one_shot else spec.prefetch
+        self.capacity = capacity or Capacity()
+        self.suspects = suspects or CrashSuspects()
         self.tasks_started = 0
         self.tasks_done = 0
         self.exit: ChildExit | None = None
         self.stderr_tail: deque[str] = deque(maxlen=spec.stderr_lines)
+        self.mark = ""  # RUNDOWN_CHILD_MARK: found in its descendants' environment
         self.retired = asyncio.Event()
         self._on_exit = on_exit
         self._on_free = on_free  # called whenever a task ends here (room for another)
@@ -115,8 +129,10 @@ class Child:
         self._idle.set()
         # task id -> what to call with its outcome (exactly once: it is popped first)
         self._pending: dict[str, Callable[[Outcome], None]] = {}
-        # task id -> (request, sent at); checked by one sweep timer, not a timer per task
-        self._deadlines: dict[str, tuple[TaskRequest, float]] = {}
+        # task id -> (handler deadline, request) of the tasks whose handler runs now; a
+        # withdrawn task stays here (its slot is busy) until the child answers it
+        self._running: dict[str, tuple[float, TaskRequest]] = {}
+        self._queued: deque[TaskRequest] = deque()  # sent, waiting in the child for a slot
         self._sweeper: asyncio.TimerHandle | None = None
         self._cancelled: set[str] = set()
         self._transport: asyncio.SubprocessTransport | None = None
@@ -140,11 +156,14 @@ class Child:
     async def start(self) -> None:
         """Spawn the process and wait for its ready message (``spec.startup_timeout``).
 
-        Raises ``ChildStartupError``; the process is stopped before it is raised.
+        Raises ``ChildStartupError``; the process is stopped before it is raised. Cancelling
+        ``start()`` kills the process (SIGTERM during a long ``@load`` is honoured at once).
         """
         loop = asyncio.get_running_loop()
         self._ready_waiter = loop.create_future()
         spec = self.spec
+        marks = process_marks().for_child()  # its descendants inherit them (reaper.py)
+        self.mark = marks.key
         try:
             await loop.subprocess_exec(
                 lambda: _Pipes(self),
@@ -153,9 +172,10 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=spec.cwd,
-                env=spec.process_env(),
+                env={**spec.process_env(), **marks.env},
                 start_new_session=True,  # own process group: stopping it stops its children
-                preexec_fn=rlimit_setter(spec) if self.one_shot else None,
+                # killed by the kernel if the agent dies; the reaper takes the descendants
+                preexec_fn=pdeathsig_preexec(rlimit_setter(spec) if self.one_shot else None),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             self._never_started()
@@ -177,13 +197,23 @@ class Child:
         except ChildStartupError:
             await self.stop(reason="startup failed")
             raise
-        if self.ready.protocol is None or self.ready.max_in_flight is None:
-            self.max_in_flight = 1  # a runqy-style child reads its requests one at a time
-        elif not self.one_shot:
-            self.max_in_flight = min(self.spec.max_in_flight, self.ready.max_in_flight)
+        except asyncio.CancelledError:
+            self.kill("start-up was cancelled (the agent is stopping)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(self._exited.wait(), 2.0))
+            raise
+        if self.ready.protocol is None or (self.ready.max_in_flight is None and self.ready.slots is None):
+            self.slots = 1  # a runqy-style child reads its requests one at a time
+            self.prefetch = 0  # and nothing says it would not start the next one early
+        elif self.ready.slots is not None:
+            self.slots = self.ready.slots
+        else:  # task_sdk before slots: it ran this many at once
+            self.slots = self.ready.max_in_flight or 1
+        if self.one_shot:
+            self.slots = 1
         if self.state == "starting":
             self.state = "ready"
-        log.debug("queue %s: child process %s ready", spec.queue, self.pid)
+        log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, self.slots)
 
     def _never_started(self) -> None:
         self.state = "exited"
@@ -195,17 +225,44 @@ class Child:
 
     @property
     def in_flight(self) -> int:
+        """Tasks held: running and waiting in the child."""
         return len(self._pending)
+
+    @property
+    def busy(self) -> int:
+        """Slots whose handler runs now."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks sent ahead, waiting in the child for a slot (prefetched)."""
+        return len(self._queued)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots where a task sent now starts at once (0 unless ready)."""
+        return self.slots - len(self._running) if self.state == "ready" else 0
+
+    @property
+    def prefetch_room(self) -> int:
+        """Tasks that may still be sent to wait here for a slot (only once all are busy)."""
+        if self.state != "ready" or len(self._running) < self.slots:
+            return 0
+        return self.prefetch - len(self._queued)
 
     def running(self, task_id: str) -> bool:
         return task_id in self._pending
+
+    def handler_started(self, task_id: str) -> bool:
+        """True when the task's handler runs now (not waiting for a slot)."""
+        return task_id in self._running and task_id in self._pending
 
     async def run(self, request: TaskRequest) -> Outcome:
         """Send ``request`` and wait for its outcome.
 
         Never raises for anything the child does: a crash, a hang past the deadline or an
         unusable answer all become outcomes. Past ``deadline + spec.deadline_grace`` the task
-        gets a ``retry`` timeout outcome and the child is stopped.
+        gets a ``retry`` timeout outcome and the child is killed.
         """
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if not self.submit(request, lambda outcome: future.done() or future.set_result(outcome)):
@@ -217,22 +274,24 @@ class Child:
             raise
 
     def submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
-        """Send ``request``; ``on_outcome`` is called once with its outcome, from the event
+        """Send ``request``: it starts at once in a free slot (counted in ``capacity``), or
+        waits here for one. ``on_outcome`` is called once with its outcome, from the event
         loop (the pipe reader, the deadline sweep or the exit handler). False, and nothing
-        sent, when the child is not running. The hot path: no task or future per request."""
+        sent, when the child is not running. The caller checks ``free_slots`` /
+        ``prefetch_room`` first. The hot path: no task or future per request."""
         task_id = request.task_id
         if self.exit is not None or self.state in ("stopping", "starting"):
             return False
-        if task_id in self._pending:
+        if task_id in self._pending or task_id in self._running:
             raise ValueError(f"task {task_id} is already running in child process {self.pid}")
         self._pending[task_id] = on_outcome
         self._idle.clear()
         self.tasks_started += 1
-        if request.deadline is not None:
-            self._deadlines[task_id] = (request, time.time())
-            if self._sweeper is None:
-                loop = asyncio.get_running_loop()
-                self._sweeper = loop.call_later(DEADLINE_SWEEP, self._sweep_deadlines)
+        if len(self._running) < self.slots:
+            self._start(request, time.time())
+            self.capacity.running += 1
+        else:
+            self._queued.append(request)
         assert self._stdin is not None
         if self.one_shot:
             self._stdin.write(encode_request(request))
@@ -244,13 +303,21 @@ class Child:
             self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
         return True
 
+    def _start(self, request: TaskRequest, now: float) -> None:
+        """The task's handler starts now: its timeout clock starts."""
+        self._running[request.task_id] = (request.handler_deadline(now), request)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
+
     def withdraw(self, task_id: str) -> bool:
-        """Stop waiting for a task (its caller gave up): forget it, and ask the child to
-        cancel it. Its ``on_outcome`` is never called. False if it was not running here."""
+        """Stop waiting for a task (its caller gave up): forget its outcome, and ask the child
+        to cancel it. Its ``on_outcome`` is never called. Its slot stays busy until the child
+        answers (a sync handler cannot be interrupted). False if it was not held here."""
         if self._pending.pop(task_id, None) is None:
             return False
-        self._task_finished(task_id)
         self._send_cancel(task_id)
+        if not self._pending:
+            self._idle.set()
         return True
 
     async def cancel(self, task_id: str) -> bool:
@@ -286,41 +353,54 @@ class Child:
             self._stdin.write(data)
 
     def _sweep_deadlines(self) -> None:
-        """Every DEADLINE_SWEEP seconds while tasks with deadlines are in flight: fail the
-        ones past ``deadline + deadline_grace``."""
+        """Every DEADLINE_SWEEP seconds while handlers run: a handler past its deadline plus
+        ``deadline_grace`` fails its task and the child is killed."""
         self._sweeper = None
+        if self.exit is not None or not self._running:
+            return
         limit = time.time() - self.spec.deadline_grace
-        for request, sent_at in [v for v in self._deadlines.values() if v[0].deadline <= limit]:
-            self._deadline_passed(request, sent_at)
-        if self._deadlines and self.exit is None:
+        late = next((req for deadline, req in self._running.values() if deadline <= limit), None)
+        if late is not None and self._stop_reason is None:
+            self._deadline_passed(late)
+        if self._running and self.exit is None:
             self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
 
-    def _deadline_passed(self, request: TaskRequest, sent_at: float) -> None:
+    def _deadline_passed(self, request: TaskRequest) -> None:
         on_outcome = self._pending.pop(request.task_id, None)
-        self._deadlines.pop(request.task_id, None)
-        if on_outcome is None:
-            return
-        self._task_finished(request.task_id)
-        seconds = request.timeout or max((request.deadline or sent_at) - sent_at, 0.0)
-        on_outcome(
-            Outcome(
-                "retry",
-                error=f"timeout: task exceeded its deadline of {seconds:g}s "
-                f"(child process {self.pid} stopped and replaced)",
-            )
-        )
+        self._cancelled.discard(request.task_id)
+        seconds = request.timeout or 0.0
         log.warning(
-            "queue %s: task %s exceeded its deadline; stopping child process %s",
+            "queue %s: task %s exceeded its deadline; killing child process %s",
             self.spec.queue,
             request.task_id,
             self.pid,
         )
-        self._in_background(self.stop(reason=f"task {request.task_id} exceeded its deadline"))
+        self.kill(f"task {request.task_id} exceeded its deadline")
+        if on_outcome is not None:
+            limit = f"timeout of {seconds:g}s" if seconds else "deadline"
+            on_outcome(
+                Outcome(
+                    "retry",
+                    error=f"timeout: task exceeded its {limit} "
+                    f"(child process {self.pid} killed and replaced)",
+                )
+            )
 
     def _task_finished(self, task_id: str) -> None:
+        """The child answered ``task_id``: its slot goes to the task waiting longest, or
+        is free."""
         self.tasks_done += 1
-        self._deadlines.pop(task_id, None)
         self._cancelled.discard(task_id)
+        if self._running.pop(task_id, None) is not None:
+            if self._queued:
+                self._start(self._queued.popleft(), time.time())
+            else:
+                self.capacity.running -= 1
+        else:  # answered before it started (a cancelled waiting task)
+            for request in self._queued:
+                if request.task_id == task_id:
+                    self._queued.remove(request)
+                    break
         if not self._reading:
             self._freed()
 
@@ -330,11 +410,6 @@ class Child:
             self._idle.set()
         if self._on_free is not None:
             self._on_free()
-        limit = self.spec.max_memory_bytes
-        if limit and self.state == "ready" and not self.one_shot:
-            rss = self.rss()
-            if rss is not None and rss > limit:
-                self.drain(f"recycled: RSS {rss} bytes is over max_memory_bytes {limit}")
 
     # -- draining and stopping ------------------------------------------------------------
 
@@ -384,6 +459,47 @@ class Child:
             except TimeoutError:
                 log.error("queue %s: child process %s survived SIGKILL", self.spec.queue, self.pid)
 
+    def kill(self, reason: str) -> None:
+        """SIGKILL the child's process group now (a hung or runaway handler: SIGTERM would
+        not stop it). Tasks it still holds get ``requeue`` outcomes when it exits."""
+        if self.exit is not None:
+            return
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.state = "stopping"
+        self.retired.set()
+        self._signal(signal.SIGKILL)
+
+    def finish_and_exit(self, reason: str) -> None:
+        """Graceful stop for a drain: the child finishes the handlers running now, starts
+        none of the tasks waiting in it, and exits (task_sdk does that on SIGTERM, which goes
+        to the child alone, not to what its handlers started). A runqy-style child, whose
+        SIGTERM behaviour we do not know, is stopped once its task is done."""
+        if self.exit is not None or self._stop_reason is not None:
+            return
+        if self.ready is None or not self.ready.protocol:
+            self.drain(reason)
+            self._in_background(self.retire())
+            return
+        self._stop_reason = reason
+        self.state = "stopping"
+        self.retired.set()
+        if self.pid is not None and self._transport is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def kill_for_memory(self, rss: int, limit: int) -> None:
+        """RSS is over ``max_memory_per_child``: kill the child now. The handler running
+        in it is to blame; with several running, see ``CrashSuspects``."""
+        running = [tid for tid in self._running if tid in self._pending]
+        error = (f"memory limit exceeded ({rss // 1_000_000} MB > {limit // 1_000_000} MB, "
+                 f"max_memory_per_child); child process {self.pid} killed")
+        log.warning("queue %s: child process %s: %s", self.spec.queue, self.pid, error)
+        for task_id in self.suspects.guilty(running):
+            on_outcome = self._pending.pop(task_id)
+            on_outcome(Outcome("retry", error=error))
+        self.kill(f"memory limit exceeded ({rss // 1_000_000} MB)")
+
     async def wait_exited(self) -> ChildExit | None:
         await self._exited.wait()
         return self.exit
@@ -412,7 +528,7 @@ class Child:
         self.pid = transport.get_pid()
         stdin = transport.get_pipe_transport(0)
         assert stdin is not None
-        # Requests are bounded by max_in_flight, so writes need no back-pressure (no drain).
+        # Requests are bounded by slots + prefetch, so writes need no back-pressure (no drain).
         self._stdin = stdin
 
     def _stdout_data(self, data: bytes) -> None:
@@ -472,6 +588,9 @@ class Child:
 
     def _answer(self, response: Response) -> None:
         on_outcome = self._pending.pop(response.task_id, None)
+        if on_outcome is None and response.task_id in self._running:
+            self._task_finished(response.task_id)  # withdrawn: its slot is free again
+            return
         if on_outcome is None:
             log.warning(
                 "queue %s: child process %s answered task %s, which it is not running "
@@ -572,6 +691,8 @@ class Child:
 
     async def _finalize(self, returncode: int) -> None:
         self._signal(signal.SIGKILL)  # whatever the child left behind in its process group
+        if self.mark:
+            sweeper.child_exited(self.mark)  # and what left the group (setsid)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(self._stdout_eof.wait(), self._stderr_eof.wait()),
@@ -592,24 +713,31 @@ class Child:
                 )
             )
         pending, self._pending = self._pending, {}
-        self._deadlines.clear()
+        running = [tid for tid in self._running if tid in pending]
+        self.capacity.running -= len(self._running)
+        self._running.clear()
+        self._queued.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        # A crash is the fault of the handler that ran; with several running, of none of
+        # them for sure (CrashSuspects). Tasks that had not started, and every task of a child
+        # the agent stopped, go back to their queue with no retry counted.
+        guilty = set() if expected else set(self.suspects.guilty(running))
         for task_id, on_outcome in pending.items():
             if task_id in self._cancelled:
                 outcome = Outcome("retry", error="cancelled: the task was cancelled while running")
-            elif expected:
-                outcome = Outcome(
-                    "requeue",
-                    error=f"child process {self.pid} was stopped ({self._stop_reason}) "
-                    "before the task finished",
-                )
-            else:
+            elif task_id in guilty:
                 outcome = Outcome(
                     "retry",
                     error=f"child process {self.pid} {description} while running this task"
                     f"{self.stderr_summary()}",
+                )
+            else:
+                why = self._stop_reason if expected else description
+                outcome = Outcome(
+                    "requeue",
+                    error=f"child process {self.pid} ended ({why}) before the task finished",
                 )
             on_outcome(outcome)
         self._idle.set()
@@ -655,7 +783,9 @@ class Child:
             "uptime": round(time.monotonic() - self._started_at, 3),
             "tasks_done": self.tasks_done,
             "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
+            "slots": self.slots,
+            "running": self.busy,
+            "waiting": len(self._queued),
             "rss": self.rss(),
         }
 

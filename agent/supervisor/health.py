@@ -115,3 +115,45 @@ class CrashTracker:
             f"{self.policy.crash_window:g}s; taking no tasks until a restart succeeds "
             f"(last error: {self.last_error})"
         )
+
+
+class Capacity:
+    """Handlers running at once across every pool of the agent, against ``limit``
+    (``worker.concurrency``). Children count a task when its handler starts and uncount it
+    when its slot frees; the pools start a task only while ``room`` is positive."""
+
+    __slots__ = ("limit", "running")
+
+    def __init__(self, limit: int | float = float("inf")) -> None:
+        self.limit = limit
+        self.running = 0
+
+    @property
+    def room(self) -> int | float:
+        return self.limit - self.running
+
+
+class CrashSuspects:
+    """Who to blame when a child dies of a cause no single task can be tied to (a crash or
+    its memory limit) while several handlers ran in it.
+
+    With one handler running, that task is guilty. With several, none of them is charged
+    the first time: they go back to their queue as suspects; a task already suspected once
+    is guilty the next time. A task that kills its child (alone or beside others) thus
+    fails after at most two deaths here, and its neighbours never pay for it twice.
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._seen: dict[str, None] = {}
+        self._keep = keep
+
+    def guilty(self, running: list[str]) -> list[str]:
+        if len(running) <= 1:
+            return running
+        guilty = [task_id for task_id in running if task_id in self._seen]
+        for task_id in running:
+            self._seen[task_id] = None
+        while len(self._seen) > self._keep:
+            del self._seen[next(iter(self._seen))]
+        return guilty
+

@@ -33,10 +33,12 @@ class ChildSpec:
     * ``argv``, ``cwd``, ``env``: the command (see ``resolve_argv``), the code directory and the
       complete environment (see ``build_child_env``); the protocol variables are added on top.
     * ``startup_timeout``: seconds the child has to report ready (``@load`` included).
-    * ``max_in_flight``: tasks sent to one child at a time (a runqy-style child, which does not
-      announce a limit, gets 1). Passed to task_sdk as ``RUNDOWN_MAX_IN_FLIGHT``.
-    * ``sync_threads``: task_sdk's thread pool for sync handlers (``RUNDOWN_SYNC_THREADS``);
-      ``None`` leaves task_sdk's default of 1 (sequential).
+    * ``threads``: handler threads per child for sync handlers (``RUNDOWN_SYNC_THREADS``). A
+      child with any sync handler runs this many handlers at once (its slots).
+    * ``async_limit``: async handlers at once in a child whose handlers are all async
+      (``RUNDOWN_ASYNC_LIMIT``); such a child has this many slots.
+    * ``prefetch``: tasks a child may hold beyond its busy slots, waiting in the child for a
+      slot (their timeout starts when they start). A runqy-style child gets none.
     * ``max_tasks_per_child``: recycle a child after this many tasks (0: never).
     * ``max_memory_bytes``: recycle a child whose RSS exceeds this, checked after each task.
     * ``rlimit_as_bytes``, ``rlimit_cpu_seconds``: one_shot children only: RLIMIT_AS and
@@ -54,16 +56,17 @@ class ChildSpec:
     cwd: Path
     env: dict[str, str] = field(default_factory=dict, repr=False)  # holds secrets: never shown
     startup_timeout: float = 60.0
-    max_in_flight: int = 1
+    threads: int = 1
+    async_limit: int = 1
+    prefetch: int = 0
     max_tasks_per_child: int = 0
     max_memory_bytes: int | None = None
     rlimit_as_bytes: int | None = None
     rlimit_cpu_seconds: int | None = None
     line_limit: int = DEFAULT_LINE_LIMIT
     queue: str = ""
-    sync_threads: int | None = None
     stop_grace: float = 10.0
-    deadline_grace: float = 2.0
+    deadline_grace: float = 0.25
     stderr_lines: int = 50
 
     def __post_init__(self) -> None:
@@ -72,10 +75,11 @@ class ChildSpec:
             problems.append("argv is empty")
         if self.startup_timeout <= 0:
             problems.append(f"startup_timeout must be > 0, got {self.startup_timeout}")
-        if self.max_in_flight < 1:
-            problems.append(f"max_in_flight must be >= 1, got {self.max_in_flight}")
-        if self.sync_threads is not None and self.sync_threads < 1:
-            problems.append(f"sync_threads must be >= 1, got {self.sync_threads}")
+        if self.threads < 1 or self.async_limit < 1:
+            problems.append(f"threads and async_limit must be >= 1, got {self.threads} "
+                            f"and {self.async_limit}")
+        if self.prefetch < 0:
+            problems.append(f"prefetch must be >= 0, got {self.prefetch}")
         if self.max_tasks_per_child < 0:
             problems.append(f"max_tasks_per_child must be >= 0, got {self.max_tasks_per_child}")
         if self.line_limit < 1024:
@@ -89,9 +93,9 @@ class ChildSpec:
         """``env`` plus the protocol variables the agent owns."""
         env = dict(self.env)
         env["RUNDOWN_PROTOCOL"] = str(PROTOCOL_VERSION)
-        env["RUNDOWN_MAX_IN_FLIGHT"] = str(self.max_in_flight)
-        if self.sync_threads is not None:
-            env["RUNDOWN_SYNC_THREADS"] = str(self.sync_threads)
+        env["RUNDOWN_SYNC_THREADS"] = str(self.threads)
+        env["RUNDOWN_ASYNC_LIMIT"] = str(self.async_limit)
+        env["RUNDOWN_MAX_IN_FLIGHT"] = str(self.async_limit)  # task_sdk before slots
         return env
 
 
@@ -246,3 +250,4 @@ def rlimit_setter(spec: ChildSpec) -> Callable[[], None] | None:
             resource.setrlimit(which, (value, top))
 
     return apply
+

@@ -1,16 +1,16 @@
-"""``LongRunningPool``: ``processes`` warm children per queue, restarted when they crash."""
+"""``LongRunningPool``: the warm children of one deployment, restarted when they crash."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent.supervisor.child import Child, ChildExit, ChildStartupError
-from agent.supervisor.health import CrashTracker, RestartPolicy
+from agent.supervisor.health import Capacity, CrashSuspects, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
 from agent.supervisor.pool import ChildPool, PoolUnavailable
@@ -18,24 +18,34 @@ from agent.supervisor.task_request import TaskRequest
 
 log = logging.getLogger("agent.supervisor")
 
+MAX_CHILDREN = 256  # children of one pool at most, whatever processes: auto computes
+MEMORY_WATCH = 0.25  # seconds between RSS checks while max_memory_bytes is set
+
 
 class LongRunningPool(ChildPool):
-    """Keeps ``processes`` children ready and sends each task to the least busy one.
+    """Keeps ``processes`` children ready and sends each task to a child with a free slot
+    (or, when every slot is busy, to wait in a child, up to ``spec.prefetch`` per child).
 
-    Each of the ``processes`` slots has a keeper that replaces its child when the child is
-    retired: at once after a deliberate stop (deadline overrun, recycling), after a backoff
-    after a crash. ``max_crashes`` crashes within ``crash_window`` make the pool unhealthy
-    until a restart succeeds.
+    ``processes=None`` (auto) starts one child, learns its slots from its ready message,
+    then starts as many as ``target_slots`` (``worker.concurrency``) need. Each child has a
+    keeper that replaces it when it is retired: at once after a deliberate stop (deadline
+    overrun, memory, recycling), after a backoff after a crash. ``max_crashes`` crashes
+    within ``crash_window`` make the pool unhealthy until a restart succeeds.
     """
 
     def __init__(
-        self, spec: ChildSpec, processes: int = 1, restart: RestartPolicy | None = None
+        self, spec: ChildSpec, processes: int | None = 1, restart: RestartPolicy | None = None,
+        *, capacity: Capacity | None = None, target_slots: int = 1,
     ) -> None:
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError(f"queue {spec.queue!r}: processes must be >= 1, got {processes}")
         self.spec = spec
         self.processes = processes
+        self.target_slots = target_slots
+        self.capacity = capacity or Capacity()
+        self.suspects = CrashSuspects()
         self.crashes = CrashTracker(restart or RestartPolicy(), spec.queue)
+        self._next = 0  # where the search for a child with room starts (round robin)
         self._children: set[Child] = set()  # every child not yet exited
         self._serving: list[Child] = []  # ready children that take tasks
         self._waiters: list[asyncio.Future[None]] = []
@@ -52,22 +62,34 @@ class LongRunningPool(ChildPool):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start ``processes`` children and wait until all are ready.
+        """Start the children and wait until all are ready.
 
         Raises ``ChildStartupError`` (the first child's error) if any fails; the others are
-        stopped, and ``start()`` may be called again.
+        stopped, and ``start()`` may be called again. Cancelling it kills them.
         """
         if self._started:
             return
-        results = await asyncio.gather(
-            *(self._spawn() for _ in range(self.processes)), return_exceptions=True
-        )
-        children = [r for r in results if isinstance(r, Child)]
+        children: list[Child] = []
+        count = self.processes
+        try:
+            if count is None:  # auto: the first child says how many slots a child has
+                children.append(await self._spawn())
+                count = self.children_needed(children[0].slots)
+            results = await asyncio.gather(
+                *(self._spawn() for _ in range(count - len(children))), return_exceptions=True
+            )
+        except BaseException:
+            await asyncio.shield(asyncio.gather(
+                *(c.stop(0.5, reason="pool start cancelled") for c in self._children)))
+            raise
+        children += [r for r in results if isinstance(r, Child)]
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
             await asyncio.gather(*(c.stop(reason="pool start failed") for c in children))
             raise failure
         self._started = True
+        if self.spec.max_memory_bytes:
+            self._in_background(self._watch_memory())
         for child in children:
             self._serve(child)
             keeper = asyncio.create_task(self._keep(child), name=f"child-keeper:{self.spec.queue}")
@@ -91,8 +113,42 @@ class LongRunningPool(ChildPool):
         await asyncio.gather(*self._keepers, *self._background, return_exceptions=True)
         self._serving.clear()
 
+    def children_needed(self, slots: int) -> int:
+        """processes: auto: children enough for ``target_slots`` handlers at once."""
+        return max(1, min(MAX_CHILDREN, math.ceil(self.target_slots / max(slots, 1))))
+
+    @property
+    def slots(self) -> int:
+        """Handler slots of the children serving now."""
+        return sum(c.slots for c in self._serving)
+
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Shutdown without running anything twice: the children finish the handlers running
+        now (up to ``timeout``; ``hurry`` cuts it short), start none of the tasks waiting in
+        them, and exit; then what is left is killed. Returns once every child has exited,
+        so every task held here has had its outcome (``requeue`` for the unfinished)."""
+        self._stopping = True
+        self._stopped.set()
+        self._wake_waiters()
+        children = list(self._children)
+        for child in children:
+            child.finish_and_exit("the agent is shutting down")
+        exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
+        waits: list[asyncio.Future[Any]] = [exits]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for child in children:
+            child.kill("the agent's shutdown timeout passed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exits), 2.0)
+        for wait in waits:
+            wait.cancel()
+        await self.stop(0.5)
+
     async def _spawn(self) -> Child:
-        child = Child(self.spec, on_exit=self._child_exited, on_free=self._child_free)
+        child = Child(self.spec, on_exit=self._child_exited, on_free=self._child_free,
+                      capacity=self.capacity, suspects=self.suspects)
         self._children.add(child)
         try:
             await child.start()
@@ -167,24 +223,75 @@ class LongRunningPool(ChildPool):
 
     async def run(self, request: TaskRequest) -> Outcome:
         child = await self._pick(request)
-        if child is None:
-            return Outcome(
-                "retry",
-                error="timeout: task exceeded its deadline while waiting for a free child process",
-            )
         try:
             return await child.run(request)
         finally:
             self._wake_waiters()
 
     def try_submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
-        """Send the task to the least busy child at once if one has room (the hot path: no
-        task or future); False when none has, or the pool takes nothing now (``run()``
-        then waits or raises)."""
+        """Send the task to a child where it starts now (a free slot, while ``capacity``
+        has room), else to wait in a child whose slots are all busy (prefetch). The hot
+        path: no task or future. False when no child can take it, or the pool takes
+        nothing now (``run()`` then waits or raises)."""
         if not self.healthy:
             return False
-        best = self._least_busy()
-        return best is not None and best.submit(request, on_outcome)
+        child = self._with_room()
+        return child is not None and child.submit(request, on_outcome)
+
+    def placeable(self, room: int | float) -> int:
+        """Tasks this pool can take now with ``room`` more handlers allowed to start: the
+        free slots (up to ``room``) plus the prefetch room of children that will have no
+        free slot left. The processor fetches no more than this."""
+        if not self.healthy:
+            return 0
+        serving = self._serving
+        free = sum(c.free_slots for c in serving)
+        starts = int(min(room, free))
+        prefetch = 0
+        for child in serving:
+            if child.prefetch and (starts >= free or child.free_slots == 0):
+                prefetch += child.prefetch - child.waiting
+        return starts + prefetch
+
+    def running(self) -> int:
+        """Handlers running now in this pool."""
+        return sum(c.busy for c in self._children)
+
+    def handler_started(self, task_id: str) -> bool:
+        return any(c.handler_started(task_id) for c in self._children)
+
+    def _with_room(self) -> Child | None:
+        """A child with a free slot if a handler may start (round robin), else the child
+        with the most prefetch room."""
+        serving = self._serving
+        n = len(serving)
+        if self.capacity.room > 0:
+            for i in range(n):
+                child = serving[(self._next + i) % n]
+                if child.free_slots > 0:
+                    self._next = (self._next + i + 1) % n
+                    return child
+        best: Child | None = None
+        for child in serving:
+            if child.prefetch_room > 0 and (best is None or child.prefetch_room > best.prefetch_room):
+                best = child
+        return best
+
+    async def _watch_memory(self) -> None:
+        """``max_memory_bytes`` while tasks run: a child over it is killed within
+        MEMORY_WATCH seconds (its running handler fails); an idle one is recycled."""
+        limit = self.spec.max_memory_bytes
+        assert limit
+        while not self._stopping:
+            await asyncio.sleep(MEMORY_WATCH)
+            for child in list(self._serving):
+                rss = child.rss()
+                if rss is None or rss <= limit:
+                    continue
+                if child.busy:
+                    child.kill_for_memory(rss, limit)
+                else:
+                    child.drain(f"recycled: RSS {rss} bytes is over max_memory_per_child {limit}")
 
     def withdraw(self, task_id: str) -> bool:
         """Stop waiting for a task sent by ``try_submit`` (the child is asked to cancel it)."""
@@ -194,33 +301,21 @@ class LongRunningPool(ChildPool):
                 return True
         return False
 
-    def _least_busy(self) -> Child | None:
-        best: Child | None = None
-        for child in self._serving:
-            if child.in_flight < child.max_in_flight and (
-                best is None or child.in_flight < best.in_flight
-            ):
-                best = child
-        return best
-
-    async def _pick(self, request: TaskRequest) -> Child | None:
-        """The serving child with the fewest tasks in flight; waits while all are full."""
+    async def _pick(self, request: TaskRequest) -> Child:
+        """A child that can take the task (``_with_room``); waits while none can."""
         while True:
             if not self._started or self._stopping:
                 state = "stopping" if self._stopping else "not started"
                 raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
             if not self.crashes.healthy:
                 raise PoolUnavailable(self.crashes.describe())
-            best = self._least_busy()
+            best = self._with_room()
             if best is not None:
                 return best
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            timeout = None if request.deadline is None else request.deadline - time.time()
             try:
-                await asyncio.wait_for(waiter, timeout)
-            except TimeoutError:
-                return None
+                await waiter
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)

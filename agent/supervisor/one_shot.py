@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from agent.supervisor.child import Child, ChildStartupError
-from agent.supervisor.health import CrashTracker, RestartPolicy
+from agent.supervisor.health import Capacity, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
 from agent.supervisor.pool import ChildPool, PoolUnavailable
@@ -27,8 +27,11 @@ class OneShotPool(ChildPool):
     failure only (``retry``). Concurrency is bounded by the caller.
     """
 
-    def __init__(self, spec: ChildSpec, restart: RestartPolicy | None = None) -> None:
+    def __init__(self, spec: ChildSpec, restart: RestartPolicy | None = None,
+                 *, capacity: Capacity | None = None) -> None:
         self.spec = spec
+        self.capacity = capacity or Capacity()
+        self._starting = 0  # children started for a task that has not been sent yet
         self.crashes = CrashTracker(restart or RestartPolicy(), spec.queue)
         self._running: dict[str, Child] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -57,14 +60,17 @@ class OneShotPool(ChildPool):
             raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
         if not self.crashes.healthy:
             raise PoolUnavailable(self.crashes.describe())
-        child = Child(self.spec, one_shot=True)
+        child = Child(self.spec, one_shot=True, capacity=self.capacity)
         self._running[request.task_id] = child
+        self._starting += 1
         try:
             try:
                 await child.start()
             except ChildStartupError as exc:
                 self._start_failed(str(exc))
                 return Outcome("requeue", error=f"child process failed to start: {exc}")
+            finally:
+                self._starting -= 1
             outcome = await child.run(request)
             with contextlib.suppress(TimeoutError):  # it exits by itself after answering
                 await asyncio.wait_for(child.wait_exited(), self.spec.stop_grace)
@@ -96,6 +102,31 @@ class OneShotPool(ChildPool):
                 self.crashes.recovered()
         finally:
             self._probe = None
+
+    def placeable(self, room: int | float) -> int:
+        """A process per task: as many as may start (less those still starting)."""
+        return max(0, int(min(room, 1 << 30)) - self._starting) if self.healthy else 0
+
+    def running(self) -> int:
+        return len(self._running)
+
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Let the running tasks finish (up to ``timeout``; ``hurry`` cuts it short), then
+        kill what is left; returns once every child has exited."""
+        self._stopping = True
+        children = list(self._running.values())
+        exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
+        waits: list[asyncio.Future[Any]] = [exits]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for child in children:
+            child.kill("the agent's shutdown timeout passed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(exits), 2.0)
+        for wait in waits:
+            wait.cancel()
+        await self.stop(0.5)
 
     async def cancel(self, task_id: str) -> None:
         child = self._running.get(task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -59,10 +60,27 @@ class ChildPool(ABC):
         callback path always answer False."""
         return False
 
-    def start_task(self, task: DequeuedTask, deadline: float,
-                   on_outcome: Callable[[Outcome], None]) -> bool:
+    def start_task(self, task: DequeuedTask, on_outcome: Callable[[Outcome], None]) -> bool:
         """The processor's hot path: ``try_submit`` for a task taken from Redis."""
-        return self.try_submit(TaskRequest.from_dequeued(task, deadline), on_outcome)
+        return self.try_submit(TaskRequest.from_dequeued(task), on_outcome)
+
+    def placeable(self, room: int | float) -> int:
+        """How many tasks the pool can take now, ``room`` handlers being allowed to start
+        (the processor fetches no more)."""
+        return int(room) if self.healthy else 0
+
+    def running(self) -> int:
+        """Handlers running now."""
+        return 0
+
+    def handler_started(self, task_id: str) -> bool:
+        """True when the task's handler runs now (not waiting for a slot)."""
+        return True
+
+    async def drain(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Let the running handlers finish (up to ``timeout``), start nothing more, then
+        stop every child; returns once all have exited (every task has its outcome)."""
+        await self.stop()
 
     def withdraw(self, task_id: str) -> bool:
         """Forget a task started by ``try_submit`` (its ``on_outcome`` is never called) and
@@ -70,11 +88,12 @@ class ChildPool(ABC):
         return False
 
     async def execute(self, task: DequeuedTask, deadline: float) -> Outcome:
-        """The processor's ``Executor.execute``: ``run()`` for a task taken from Redis.
+        """The processor's ``Executor.execute``: ``run()`` for a task taken from Redis
+        (the pool times the handler from its start; ``deadline`` is not used).
 
         A pool that cannot take the task answers ``requeue`` (no retry counted).
         """
         try:
-            return await self.run(TaskRequest.from_dequeued(task, deadline))
+            return await self.run(TaskRequest.from_dequeued(task))
         except PoolUnavailable as exc:
             return Outcome("requeue", error=str(exc))

@@ -185,6 +185,7 @@ class Ready:
     task_types: tuple[str, ...] | None = None
     max_in_flight: int | None = None
     pid: int | None = None
+    slots: int | None = None  #: handlers the child runs at once (task_sdk >= slots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +334,7 @@ def _ready(value: dict[str, Any]) -> Ready:
     types = value.get("task_types")
     limit = value.get("max_in_flight")
     pid = value.get("pid")
+    slots = value.get("slots")
     return Ready(
         protocol=protocol if _is_int(protocol) else None,
         task_types=tuple(t for t in types if isinstance(t, str))
@@ -340,6 +342,7 @@ def _ready(value: dict[str, Any]) -> Ready:
         else None,
         max_in_flight=limit if _is_int(limit) and limit >= 1 else None,
         pid=pid if _is_int(pid) else None,
+        slots=slots if _is_int(slots) and slots >= 1 else None,
     )
 
 

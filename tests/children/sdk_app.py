@@ -118,6 +118,12 @@ def exit_now(payload):
     os._exit(payload["code"])
 
 
+@task("exit_after")
+def exit_after(payload):
+    time.sleep(payload["seconds"])
+    os._exit(payload["code"])
+
+
 @task("sigkill")
 def sigkill(payload):
     sys.stderr.write("about to be killed\n")
@@ -191,6 +197,19 @@ def alloc(payload):
     for i in range(0, len(block), 4096):
         block[i] = 1
     _held.append(block)
+    return os.getpid()
+
+
+@task("grow")
+def grow(payload):
+    """Allocate payload["mb"] MB in 20 MB steps (touching every page), then sleep."""
+    for _ in range(payload["mb"] // 20):
+        block = bytearray(20 * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        _held.append(block)
+        time.sleep(0.02)
+    time.sleep(payload.get("then_sleep", 30))
     return os.getpid()
 
 
