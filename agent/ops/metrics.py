@@ -181,3 +181,9 @@ class SampledCollector(Collector):
                                 value=data.get("rss", 0))
         yield GaugeMetricFamily("rundown_ready", "1 when the agent is ready to take tasks",
                                 value=1 if data.get("ready") else 0)
+        yield GaugeMetricFamily("rundown_handlers_running",
+                                "Handlers running now (worker.concurrency bounds it)",
+                                value=data.get("running", 0))
+        yield GaugeMetricFamily("rundown_handler_slots",
+                                "Handlers that can run at once (min of concurrency and slots)",
+                                value=data.get("slots", 0))

@@ -45,9 +45,11 @@ class OpsPlane:
     def sample(self) -> dict:
         agent = self.agent
         executors = {}
-        for name, ex in agent.executors.items():
+        for name, ex in agent.pools().items():
             executors[name] = {"children": ex.status(), "restarts": getattr(ex, "restarts", 0)}
         return {
+            "running": agent.capacity.running,
+            "slots": agent.slots,
             "queues": self.sampler.samples,
             "executors": executors,
             "leases": {"extensions": agent.leases.extensions},

@@ -104,6 +104,7 @@ class Processor:
         self._paused_checked = 0.0
         self._empty_at: dict[str, float] = {}  # queue -> when a dequeue last found it empty
         self._executors: dict[str, Executor] = {}
+        self._distinct: dict[int, Executor] = {}  # each executor once (queues share them)
         self._budget: dict[int, int] = {}  # id(executor) -> tasks it can take now
         self.requeued = 0  # tasks given back to their queue (requeue outcomes written)
         self._min_fetch = max(1, min(batch, concurrency // 8))
@@ -135,10 +136,7 @@ class Processor:
         executor without slots of its own (in-process) gets concurrency minus tasks held."""
         room = self.capacity.room
         budget: dict[int, int] = {}
-        for executor in self._executors.values():
-            key = id(executor)
-            if key in budget:
-                continue
+        for key, executor in self._distinct.items():
             placeable = getattr(executor, "placeable", None)
             if placeable is None:
                 n = self.concurrency - len(self.in_flight)
@@ -153,6 +151,7 @@ class Processor:
         executor = self._executors.get(queue)
         if executor is None:
             executor = self._executors[queue] = self.executor_for(queue)
+            self._distinct[id(executor)] = executor
         return executor
 
     async def run(self) -> None:
@@ -376,6 +375,8 @@ class Processor:
         if entry.interrupted in ("abandoned", "requeued"):
             self._drop(entry)
             return
+        if entry.interrupted == "cancelled" and outcome.kind != "success":
+            outcome = Outcome("retry", error=CANCELED_ERROR)
         entry.recording = True
         if outcome.kind == "requeue":
             self.requeued += 1
@@ -543,12 +544,20 @@ class Processor:
         if entry.executor is None:
             return False
         entry.interrupted = why
-        entry.executor.withdraw(entry.task.id)
         if why == "cancelled":
-            self._answered(entry, Outcome("retry", error=CANCELED_ERROR))
-        else:
-            self._drop(entry)
+            # Ask the child and wait for its answer: the outcome is written only once the
+            # handler has stopped (an async one is cancelled, a sync one runs to its end), so
+            # the retry never runs beside the first run.
+            self._in_background(entry.executor.cancel(entry.task.id))
+            return True
+        entry.executor.withdraw(entry.task.id)
+        self._drop(entry)
         return True
+
+    def _in_background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     def _drop(self, entry: InFlight) -> None:
         """A task left without an outcome from us (abandoned, or requeued by the drain)."""
@@ -570,7 +579,7 @@ class Processor:
         # Tasks a fetch in flight brings are ours to finish or requeue: wait for it first.
         await self._wait_or_stop(self._no_fetch.wait(), timeout)
         before = self.requeued
-        executors = {id(e): e for e in self._executors.values()}.values()
+        executors = list(self._distinct.values())
         left = max(0.0, deadline - time.monotonic())
         await asyncio.gather(*(self._drain_executor(e, left, hurry) for e in executors))
         # The children have exited: every task they held has its outcome, now being written.
