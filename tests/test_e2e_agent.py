@@ -173,7 +173,8 @@ def test_metrics_and_readiness_through_a_cycle(start_agent, client, r):
 def test_heartbeat_lists_the_agent_and_its_active_tasks(start_agent, client, redis_url):
     from agent.inspect import Inspector
 
-    agent = start_agent(queues=[{"name": "default", "weight": 2}, "low"], concurrency=7)
+    agent = start_agent(queues=[{"name": "default", "weight": 2}, "low"], concurrency=7,
+                        processes="auto")
     info = client.enqueue("sleep", {"seconds": 8})
     inspector = Inspector.from_url(redis_url)
 
