@@ -107,6 +107,7 @@ class Processor:
         self._distinct: dict[int, Executor] = {}  # each executor once (queues share them)
         self._budget: dict[int, int] = {}  # id(executor) -> tasks it can take now
         self.requeued = 0  # tasks given back to their queue (requeue outcomes written)
+        self._recording = 0  # tasks whose handler is done and whose outcome is being written
         self._min_fetch = max(1, min(batch, concurrency // 8))
         self._took_last = False
         self._waited_for_slots = False
@@ -134,7 +135,9 @@ class Processor:
         """How many tasks the executors can take now (``_budget``, per executor): what their
         free slots can start under ``worker.concurrency``, plus their prefetch room; an
         executor without slots of its own (in-process) gets concurrency minus tasks held."""
-        room = self.capacity.room
+        # A task whose outcome is still being written keeps its place until it leaves
+        # `active`: tasks held never exceed concurrency plus the prefetch.
+        room = self.capacity.room - self._recording
         budget: dict[int, int] = {}
         for key, executor in self._distinct.items():
             placeable = getattr(executor, "placeable", None)
@@ -356,11 +359,14 @@ class Processor:
     def _finish_many(self, entries: list[InFlight], tasks: list[DequeuedTask]) -> None:
         """These tasks are no longer ours (``tasks``: their ``task``, in the same order)."""
         in_flight, per_queue = self.in_flight, self.per_queue
+        recorded = 0
         for entry in entries:
             task = entry.task
             if in_flight.get(task.id) is entry:
                 del in_flight[task.id]
             per_queue[task.queue] -= 1
+            recorded += entry.recording
+        self._recording -= recorded
         self.leases.remove_many(tasks)
         if not in_flight:
             self._all_done.set()
@@ -378,6 +384,7 @@ class Processor:
         if entry.interrupted == "cancelled" and outcome.kind != "success":
             outcome = Outcome("retry", error=CANCELED_ERROR)
         entry.recording = True
+        self._recording += 1
         if outcome.kind == "requeue":
             self.requeued += 1
         if outcome.kind == "success" and self._lane_open and task.message and not task.message.retention:
@@ -468,6 +475,7 @@ class Processor:
                 self.observer.task_dropped(task)
                 return
             entry.recording = True
+            self._recording += 1
             if outcome.kind == "requeue":
                 self.requeued += 1
             state = await self._record(task, outcome)
