@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agent.broker import keys, plans
 from agent.broker.batch import ScriptBatcher, merged_statuses
@@ -27,8 +27,17 @@ from agent.broker.messages import (
     encode,
 )
 from agent.broker.options import EnqueueOptions, EnqueueResult
-from agent.broker.plans import LEASE_EXPIRED_ERROR, LEASE_SECONDS, ScriptCall
+from agent.broker.plans import (
+    ASYNQ_LEASE_SECONDS,
+    ASYNQ_RECOVERY_SKEW,
+    FENCED_RECOVERY_SKEW,
+    LEASE_EXPIRED_ERROR,
+    LEASE_FENCE_GRACE,
+    LEASE_SECONDS,
+    ScriptCall,
+)
 from agent.broker.scripts import Scripts, fenced
+from agent.broker.scripts import source as script_source
 from agent.broker.taskinfo import TaskInfo, task_info_from_hash
 
 
@@ -57,11 +66,14 @@ class ExpiredLease:
     id: str
     queue: str
     raw: bytes | None
+    score: bytes = b""  # the lease score seen: the recovery write goes through only if unchanged
+    fenced: bool = False  # our lease (fenced holder), past FENCED_RECOVERY_SKEW; else asynq's rule
 
 
-#: Seconds past a writer's lease deadline that Redis still accepts its outcome (clock skew
-#: between agents and Redis); well under the 30 s after which other agents recover a task.
-LEASE_FENCE_GRACE = 10
+#: Queues per list_lease_expired / reconcile call (one call per hash slot on a Cluster).
+SCAN_CHUNK = 250
+#: Expired leases listed per queue and call (the rest in the next tick).
+SCAN_LIMIT = 1000
 
 
 def _decode_found(raw: bytes, task_id: str, queue: str) -> tuple[TaskMessage | None, str]:
@@ -102,6 +114,10 @@ class Broker:
         self.scripts = Scripts(client)
         self._registered_queues: set[str] = set()
         self._batcher = ScriptBatcher(client) if batch_outcomes else None
+        # Recovery writes: retry / archive behind recover_claim.lua (the lease must be unchanged).
+        self._claimed = {name: client.register_script(script_source("recover_claim") + "\n"
+                                                      + script_source(name))
+                         for name in ("retry", "retry_now", "archive")}
         self._writes: set[asyncio.Future] = set()
 
     @classmethod
@@ -214,9 +230,10 @@ class Broker:
             raise LeaseLostError(task.queue, task.id)
 
     def _fenced(self, task: DequeuedTask, call: ScriptCall) -> ScriptCall:
-        # Fenced: Redis refuses the write if it arrives after our lease (plus a grace for clock
-        # skew) -- a command delayed by a network stall must not finish a task that another
-        # agent recovered meanwhile (recovery starts 30 s after the lease, see recover_expired).
+        # Fenced: Redis refuses the write if it arrives after our lease plus LEASE_FENCE_GRACE
+        # (by Redis's clock) -- a command delayed by a network stall must not finish a task
+        # that another agent recovered meanwhile (recovery of our leases starts
+        # FENCED_RECOVERY_SKEW > LEASE_FENCE_GRACE after the lease, by the same clock).
         return ScriptCall(call.script, call.keys, call.args, int(task.lease_expiry) + LEASE_FENCE_GRACE)
 
     @staticmethod
@@ -360,8 +377,11 @@ class Broker:
         await self.write_outcome(task, self.plan_requeue(task)[0])
 
     async def extend_leases(self, queue: str, task_ids: Sequence[str],
-                            lease_seconds: int = LEASE_SECONDS) -> int:
-        """``ZADD lease XX``: renews only IDs still in the lease set. Returns the new expiry."""
+                            lease_seconds: int = ASYNQ_LEASE_SECONDS) -> int:
+        """asynq's ExtendLease: ``ZADD lease XX`` (renews only IDs still in the lease set).
+        Returns the new expiry. The lease it writes is not fenced (the task hash's
+        fenced_lease no longer matches), so it is recovered on asynq's rule; the agent's
+        LeaseKeeper renews through renew_leases.lua instead."""
         expiry = int(time.time()) + lease_seconds
         if task_ids:
             await self.redis.zadd(keys.lease(queue), dict.fromkeys(task_ids, expiry), xx=True)
@@ -389,27 +409,105 @@ class Broker:
             if n < batch:
                 return deleted
 
-    async def list_lease_expired(self, queue: str, cutoff: float) -> list[ExpiredLease]:
-        flat = await self.scripts.list_lease_expired(
-            keys=[keys.lease(queue)], args=[int(cutoff), keys.task_prefix(queue)])
-        return [ExpiredLease(flat[i].decode(), queue, flat[i + 1]) for i in range(0, len(flat), 2)]
+    async def _evalsha_many(self, calls: Sequence[tuple[object, list, list]]) -> list:
+        """Run (script, keys, args) calls in one pipelined round trip; results or exceptions in
+        order. Plain EVALSHA, loading a script only on NOSCRIPT: a pipeline handed Script
+        objects asks SCRIPT EXISTS first, one more round trip every time."""
+        async def run(batch: Sequence[tuple[object, list, list]]) -> list:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for script, call_keys, args in batch:
+                    pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
+                return await pipe.execute(raise_on_error=False)
 
-    async def recover_expired(self, queue: str, skew: int = LEASE_SECONDS) -> dict[str, int]:
-        """Retry or archive every task whose lease expired ``skew`` seconds ago or more."""
-        counts = {"retry": 0, "archived": 0, "orphans": 0}
-        for expired in await self.list_lease_expired(queue, time.time() - skew):
+        results = await run(calls)
+        redo = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if redo:
+            for script in {id(calls[i][0]): calls[i][0] for i in redo}.values():
+                await self.redis.script_load(script.script)
+            for i, result in zip(redo, await run([calls[i] for i in redo]), strict=True):
+                results[i] = result
+        return results
+
+    def _slot_chunks(self, queues: Sequence[str]) -> list[list[str]]:
+        """Queues grouped for multi-queue scripts: every key of a call must share one hash
+        slot on a Cluster (a queue's keys share its ``{queue}`` tag); a standalone Redis takes
+        any queues together. At most SCAN_CHUNK queues per call."""
+        groups: dict[int, list[str]] = {}
+        keyslot = getattr(self.redis, "keyslot", None)
+        for queue in queues:
+            groups.setdefault(keyslot(keys.lease(queue)) if keyslot else 0, []).append(queue)
+        return [group[i:i + SCAN_CHUNK] for group in groups.values()
+                for i in range(0, len(group), SCAN_CHUNK)]
+
+    async def list_lease_expired(self, queues: Sequence[str]) -> list[ExpiredLease]:
+        """The leases due for recovery in ``queues``, judged by Redis's clock: our (fenced)
+        leases FENCED_RECOVERY_SKEW s after they expired, any other lease asynq's 30 s after.
+        One pipelined round trip; one call per SCAN_CHUNK queues (per hash slot)."""
+        chunks = self._slot_chunks(queues)
+        if not chunks:
+            return []
+        replies = await self._evalsha_many([
+            (self.scripts.list_lease_expired, [keys.lease(q) for q in chunk],
+             [FENCED_RECOVERY_SKEW, ASYNQ_RECOVERY_SKEW, SCAN_LIMIT])
+            for chunk in chunks])
+        out: list[ExpiredLease] = []
+        for chunk, flat in zip(chunks, replies, strict=True):
+            if isinstance(flat, Exception):
+                raise flat
+            for i in range(0, len(flat), 5):
+                out.append(ExpiredLease(flat[i + 1].decode(), chunk[int(flat[i]) - 1], flat[i + 4],
+                                        flat[i + 2], bool(flat[i + 3])))
+        return out
+
+    def _recovery_call(self, expired: ExpiredLease) -> tuple[ScriptCall, str]:
+        """Retry or archive, as asynq's recoverer does. Retried at once, back at the head of
+        pending, when the lease was ours (fenced: its holder can no longer write; it died or
+        stalled, and the task has waited for the recovery already), unless its previous
+        failure was a lease expiry too (a task that may be killing its agents gets asynq's
+        backoff); asynq's backoff for any other lease."""
+        message, error = _decode_found(expired.raw, expired.id, expired.queue)
+        reason = LEASE_EXPIRED_ERROR if message else f"{LEASE_EXPIRED_ERROR}; {error}"
+        now = time.time()
+        if message is None or plans.failure_decision(message, False) == "archive":
+            msg = message if message is not None else TaskMessage(id=expired.id, queue=expired.queue)
+            raw = expired.raw if message is None else None
+            return plans.archive_call(msg, reason, now, raw), "archived"
+        if expired.fenced and message.error_msg != LEASE_EXPIRED_ERROR:
+            return plans.retry_now_call(message, reason, now), "retry"
+        delay = plans.default_retry_delay(message.retried)
+        return plans.retry_call(message, reason, now + delay, now, True), "retry"
+
+    async def recover_expired_many(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Retry or archive every task of ``queues`` whose lease is due for recovery
+        (``list_lease_expired``). Each write goes through only if the lease is still the one
+        listed (recover_claim.lua): a lease renewed meanwhile, or a task finished or
+        recovered by someone else, is left alone. Returns counts per queue, for the queues
+        that had any."""
+        counts: dict[str, dict[str, int]] = {}
+        planned: list[tuple[ExpiredLease, ScriptCall, str]] = []
+        for expired in await self.list_lease_expired(queues):
             if expired.raw is None:
-                counts["orphans"] += await self.drop_orphan(queue, expired.id)
+                dropped = await self.drop_orphan(expired.queue, expired.id)
+                counts.setdefault(expired.queue, {"retry": 0, "archived": 0, "orphans": 0})["orphans"] += dropped
                 continue
-            message, error = _decode_found(expired.raw, expired.id, queue)
-            # The lease is gone by definition; write as its new owner for this one step.
-            task = DequeuedTask(expired.id, queue, expired.raw, message, int(time.time()) + 5, error)
-            try:
-                state = await self.fail(task, LEASE_EXPIRED_ERROR if message else f"{LEASE_EXPIRED_ERROR}; {error}")
-            except TaskNotFoundError:
-                continue  # finished or recovered by someone else meanwhile
-            counts[state] += 1
+            call, state = self._recovery_call(expired)
+            planned.append((expired, call, state))
+        if planned:
+            results = await self._evalsha_many([
+                (self._claimed[call.script], call.keys, [expired.score, *call.args])
+                for expired, call, _ in planned])
+            for (expired, _call, state), result in zip(planned, results, strict=True):
+                if isinstance(result, ResponseError) and (
+                        "NOT FOUND" in str(result) or "LEASE RENEWED" in str(result)):
+                    continue  # finished, recovered elsewhere, or renewed by its live holder
+                if isinstance(result, Exception):
+                    raise result
+                counts.setdefault(expired.queue, {"retry": 0, "archived": 0, "orphans": 0})[state] += 1
         return counts
+
+    async def recover_expired(self, queue: str) -> dict[str, int]:
+        """``recover_expired_many`` for one queue: {"retry": n, "archived": n, "orphans": n}."""
+        return (await self.recover_expired_many([queue])).get(queue, {"retry": 0, "archived": 0, "orphans": 0})
 
     async def drop_orphan(self, queue: str, task_id: str) -> int:
         """Remove an ID that has no task hash from active and lease (asynq leaves it forever)."""
@@ -419,12 +517,30 @@ class Broker:
             removed, _ = await pipe.execute()
         return 1 if removed else 0
 
-    async def lease_orphaned_active(self, queue: str) -> list[str]:
+    async def lease_orphaned_active_many(self, queues: Sequence[str]) -> dict[str, list[str]]:
         """Give an expired lease to IDs in ``active`` with none (left by a writer that died
-        between commands, e.g. runqy's non-atomic dequeue), so recovery picks them up."""
-        ids = await self.scripts.reconcile(keys=[keys.active(queue), keys.lease(queue)],
-                                           args=[int(time.time()) - 3600])
-        return [i.decode() for i in ids]
+        between commands, e.g. runqy's non-atomic dequeue), so recovery picks them up (on
+        asynq's rule: the lease is not fenced and is an hour old). One pipelined round trip,
+        one call per SCAN_CHUNK queues. Returns the IDs fixed, per queue that had any."""
+        chunks = self._slot_chunks(queues)
+        if not chunks:
+            return {}
+        expired_score = int(time.time()) - 3600
+        replies = await self._evalsha_many([
+            (self.scripts.reconcile, [k for q in chunk for k in (keys.active(q), keys.lease(q))],
+             [expired_score])
+            for chunk in chunks])
+        fixed: dict[str, list[str]] = {}
+        for chunk, flat in zip(chunks, replies, strict=True):
+            if isinstance(flat, Exception):
+                raise flat
+            for i in range(0, len(flat), 2):
+                fixed.setdefault(chunk[int(flat[i]) - 1], []).append(flat[i + 1].decode())
+        return fixed
+
+    async def lease_orphaned_active(self, queue: str) -> list[str]:
+        """``lease_orphaned_active_many`` for one queue."""
+        return (await self.lease_orphaned_active_many([queue])).get(queue, [])
 
     # -- queues and heartbeat -----------------------------------------------------------
 

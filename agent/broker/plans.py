@@ -17,8 +17,42 @@ MAX_INT64 = str(2**63 - 1)
 STATS_TTL = 90 * 24 * 3600
 ARCHIVE_MAX_SIZE = 10_000
 ARCHIVE_MAX_AGE = 90 * 24 * 3600
-LEASE_SECONDS = 30
 LEASE_EXPIRED_ERROR = "asynq: task lease expired"
+
+# -- leases and recovery (docs/reliability.md, "Fast recovery") ----------------------------
+#
+# Our leases are short and fenced; leases written by anyone else keep asynq's rules. Every
+# time below that decides safety is judged by Redis's clock (TIME inside the scripts), never
+# by an agent's, so clock differences between agents cannot let a lease's holder and a
+# recoverer both act on one task.
+
+#: The lease we write (dequeue and every renewal): now + LEASE_SECONDS, unix s.
+LEASE_SECONDS = 10
+#: The LeaseKeeper renews our leases this often, so a live agent's lease is always at least
+#: LEASE_SECONDS - LEASE_RENEW_INTERVAL ahead.
+LEASE_RENEW_INTERVAL = 2.0
+#: Seconds past a writer's lease deadline (by Redis's clock) that the lease fence still lets
+#: its outcome through, and that a renewal is still accepted. Smaller than
+#: FENCED_RECOVERY_SKEW: a task is never both writable by its holder and recoverable.
+LEASE_FENCE_GRACE = 1
+#: A fenced lease (one we wrote: the task hash's FENCED_LEASE_FIELD equals the lease score)
+#: is recovered once Redis's clock is this many seconds past it.
+FENCED_RECOVERY_SKEW = 2
+#: Any other lease (a Go asynq server's, an older agent's, one the reconciler gave) keeps
+#: asynq's rule: recovered 30 s after it expired.
+ASYNQ_RECOVERY_SKEW = 30
+#: asynq's lease length, for renewals made on asynq's terms (``Broker.extend_leases``).
+ASYNQ_LEASE_SECONDS = 30
+#: The recoverer looks this often...
+RECOVERY_INTERVAL = 1.0
+#: ...at up to this many queues per tick (one pipelined round trip, one script call per 250
+#: queues, about 0.4 us of Redis time per queue), so every queue is looked at least every
+#: ceil(queues / RECOVERY_QUEUES_PER_TICK) seconds.
+RECOVERY_QUEUES_PER_TICK = 2000
+#: Task hash field naming the lease score whose holder writes through the lease fence. Set by
+#: our dequeue and renewals; removed when the task leaves active through our scripts. Go
+#: reads task hashes only by named fields (HMGET msg/state/result/...), so it never sees it.
+FENCED_LEASE_FIELD = "fenced_lease"
 
 
 @dataclass(frozen=True)
@@ -157,6 +191,18 @@ def retry_call(msg: TaskMessage, error: str, retry_at: float, now: float,
         _failure_keys(msg, keys.retry(msg.queue), now),
         [msg.id, _failed_message(msg, error, now, is_failure), int(retry_at),
          _stats_expiry(now), 1 if is_failure else 0, MAX_INT64],
+    )
+
+
+def retry_now_call(msg: TaskMessage, error: str, now: float) -> ScriptCall:
+    """A failure retried at once, straight back at the head of pending (retry_now.lua): the
+    recovery of a task whose fenced lease expired."""
+    return ScriptCall(
+        "retry_now",
+        [keys.task_key(msg.queue, msg.id), keys.active(msg.queue), keys.lease(msg.queue),
+         keys.pending(msg.queue), keys.processed_day(msg.queue, now), keys.failed_day(msg.queue, now),
+         keys.processed_total(msg.queue), keys.failed_total(msg.queue)],
+        [msg.id, _failed_message(msg, error, now, True), int(now * 1e9), _stats_expiry(now), MAX_INT64],
     )
 
 

@@ -5,6 +5,11 @@ event loop is busy (a burst of results, a slow callback), which an asyncio timer
 not promise. It does not keep a *stuck* agent alive forever: it renews only while the
 event loop has ticked recently (``loop_alive``), so a wedged agent loses its leases and
 its tasks are recovered by others.
+
+Leases are short (``LEASE_SECONDS``, renewed every ``LEASE_RENEW_INTERVAL``) so a dead agent's
+tasks are recovered within seconds (docs/reliability.md, "Fast recovery"). A renewal goes
+through renew_leases.lua: it renews a lease only while it is still ours (its score is one we
+wrote) and we may still write its outcome (Redis's clock is not past it plus the fence grace).
 """
 
 from __future__ import annotations
@@ -16,15 +21,27 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import redis
+from redis.exceptions import NoScriptError
 
 from agent.broker import DequeuedTask, keys
-from agent.broker.plans import LEASE_SECONDS
+from agent.broker.plans import LEASE_FENCE_GRACE, LEASE_RENEW_INTERVAL, LEASE_SECONDS
+from agent.broker.scripts import source
+
+#: The event loop counts as stalled (the keeper stops renewing, so the agent's tasks go to
+#: others) after this many seconds without a tick; below LEASE_SECONDS, so a wedged agent's
+#: tasks are recovered about LOOP_STALL_SECONDS + LEASE_SECONDS + 2 s after it wedged.
+LOOP_STALL_SECONDS = 6.0
+#: After a failed renewal the keeper tries again this soon (not a whole interval later).
+RETRY_AFTER_ERROR = 0.5
+#: Unconfirmed renewals remembered per task (see ``_candidates``).
+MAX_UNCONFIRMED = 8
 
 log = logging.getLogger("agent.runtime")
 
 
 class LeaseKeeper:
-    def __init__(self, client: redis.Redis, interval: float = 5.0, lease_seconds: int = LEASE_SECONDS,
+    def __init__(self, client: redis.Redis, interval: float = LEASE_RENEW_INTERVAL,
+                 lease_seconds: int = LEASE_SECONDS,
                  loop_alive: Callable[[], bool] = lambda: True,
                  on_lost: Callable[[DequeuedTask], None] = lambda task: None) -> None:
         self.client = client
@@ -32,7 +49,11 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self.loop_alive = loop_alive
         self.on_lost = on_lost
-        self._tasks: dict[str, DequeuedTask] = {}
+        # by (queue, task id): an ID is unique within its queue only
+        self._tasks: dict[tuple[str, str], DequeuedTask] = {}
+        # expiries sent in renewals whose reply never came (Redis may have applied them)
+        self._unconfirmed: dict[tuple[str, str], list[int]] = {}
+        self._renew = client.register_script(source("renew_leases"))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -44,14 +65,15 @@ class LeaseKeeper:
         with self._lock:
             held = self._tasks
             for task in tasks:
-                held[task.id] = task
+                held[task.queue, task.id] = task
 
     def remove_many(self, tasks: list[DequeuedTask]) -> None:
         with self._lock:
             held = self._tasks
             for task in tasks:
-                if held.get(task.id) is task:
-                    del held[task.id]
+                if held.get((task.queue, task.id)) is task:
+                    del held[task.queue, task.id]
+                    self._unconfirmed.pop((task.queue, task.id), None)
 
     def remove(self, task: DequeuedTask) -> None:
         self.remove_many([task])
@@ -70,7 +92,9 @@ class LeaseKeeper:
             self._thread.join(timeout=self.interval + 5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            wait = self.interval
             if not self.loop_alive():
                 log.error("event loop unresponsive: not renewing leases, so other agents can recover our tasks")
                 continue
@@ -78,7 +102,14 @@ class LeaseKeeper:
                 self.renew_once()
             except Exception as exc:  # noqa: BLE001 - keep the thread alive; leases run out if this persists
                 self.errors += 1
+                wait = min(self.interval, RETRY_AFTER_ERROR)
                 log.warning("lease renewal failed: %s: %s", type(exc).__name__, exc)
+
+    def _candidates(self, task: DequeuedTask) -> list[int]:
+        """Scores our lease on ``task`` may have in Redis: the last confirmed one, and those
+        of renewals whose reply was lost (Redis may have applied them)."""
+        with self._lock:
+            return [int(task.lease_expiry), *self._unconfirmed.get((task.queue, task.id), ())]
 
     def renew_once(self) -> None:
         """Extend every live lease to now + lease_seconds; report leases we no longer hold."""
@@ -92,25 +123,67 @@ class LeaseKeeper:
         if not by_queue:
             return
         expiry = int(now) + self.lease_seconds
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for queue, tasks in by_queue.items():
-            ids = [t.id for t in tasks]
-            pipe.zadd(keys.lease(queue), dict.fromkeys(ids, expiry), xx=True)
-            pipe.zmscore(keys.lease(queue), ids)
-        replies = pipe.execute()
-        for (_queue, tasks), scores in zip(by_queue.items(), replies[1::2], strict=True):
+            args: list = [expiry, LEASE_FENCE_GRACE, keys.task_prefix(queue)]
+            for task in tasks:
+                candidates = self._candidates(task)
+                args += [task.id, len(candidates), *candidates]
+            calls.append((keys.lease(queue), args))
+        try:
+            replies = self._send(calls)
+        except Exception:
+            self._remember(by_queue, expiry)  # the renewals may have been applied
+            raise
+        failed = None
+        for (_queue, tasks), scores in zip(by_queue.items(), replies, strict=True):
+            if isinstance(scores, Exception):
+                self._remember({_queue: tasks}, expiry)
+                failed = scores
+                continue
             for task, score in zip(tasks, scores, strict=True):
                 if score is not None:
-                    task.lease_expiry = expiry
+                    with self._lock:
+                        task.lease_expiry = int(score)
+                        self._unconfirmed.pop((task.queue, task.id), None)
                     self.extensions += 1
-                elif self._holds(task):  # still ours, yet gone from the lease set: recovered elsewhere
+                elif self._holds(task):  # still ours here, but not in Redis: recovered (or taken)
                     task.lease_expiry = 0
                     self._lost(task)
                 # else: it finished (its outcome removed the lease) while we were renewing
+        if failed is not None:
+            raise failed
+
+    def _send(self, calls: list[tuple[str, list]]) -> list:
+        """One EVALSHA of renew_leases.lua per queue, in one round trip (plain EVALSHA: a
+        pipeline handed Script objects asks SCRIPT EXISTS first, one more round trip)."""
+        def run(batch: list[tuple[str, list]]) -> list:
+            pipe = self.client.pipeline(transaction=False)
+            for lease_key, args in batch:
+                pipe.evalsha(self._renew.sha, 1, lease_key, *args)
+            return pipe.execute(raise_on_error=False)
+
+        replies = run(calls)
+        redo = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if redo:  # Redis lost its scripts (a restart): load and send those again
+            self.client.script_load(self._renew.script)
+            for i, reply in zip(redo, run([calls[i] for i in redo]), strict=True):
+                replies[i] = reply
+        return replies
+
+    def _remember(self, by_queue: dict[str, list[DequeuedTask]], expiry: int) -> None:
+        with self._lock:
+            for tasks in by_queue.values():
+                for task in tasks:
+                    if self._tasks.get((task.queue, task.id)) is task:
+                        sent = self._unconfirmed.setdefault((task.queue, task.id), [])
+                        if expiry not in sent:
+                            sent.append(expiry)
+                            del sent[:-MAX_UNCONFIRMED]
 
     def _holds(self, task: DequeuedTask) -> bool:
         with self._lock:
-            return self._tasks.get(task.id) is task
+            return self._tasks.get((task.queue, task.id)) is task
 
     def _lost(self, task: DequeuedTask) -> None:
         """Tell the processor; it logs and counts the loss if the task was still running."""

@@ -24,6 +24,7 @@ for _, id in ipairs(too_many) do
     redis.call("ZREM", KEYS[4], id)
 end
 redis.call("HSET", KEYS[1], "msg", ARGV[2], "state", "archived")
+redis.call("HDEL", KEYS[1], "fenced_lease")
 if redis.call("INCR", KEYS[5]) == 1 then
     redis.call("EXPIREAT", KEYS[5], ARGV[6])
 end

@@ -18,6 +18,7 @@ for i = 4, #ARGV, 6 do
         else
             local key = ARGV[3] .. id
             redis.call("HSET", key, "msg", ARGV[i + 2], "state", "completed")
+            redis.call("HDEL", key, "fenced_lease")
             if ARGV[i + 3] == "1" then
                 redis.call("HSET", key, "result", ARGV[i + 4])
             end

@@ -4,6 +4,8 @@
 -- Returns a flat list {id1, msg1, id2, msg2, ...}. An ID whose hash has no msg is an
 -- orphan: asynq leaves it in active forever; we drop it from active and return it with
 -- msg = false so the caller can report it.
+-- Each task's hash gets fenced_lease = the lease score: its holder writes only through the
+-- lease fence, so recovery may take it soon after the lease (list_lease_expired.lua).
 if redis.call("EXISTS", KEYS[2]) == 1 then
     return {}
 end
@@ -16,7 +18,7 @@ for _ = 1, tonumber(ARGV[3]) do
     local key = ARGV[2] .. id
     local msg = redis.call("HGET", key, "msg")
     if msg then
-        redis.call("HSET", key, "state", "active")
+        redis.call("HSET", key, "state", "active", "fenced_lease", ARGV[1])
         redis.call("HDEL", key, "pending_since")
         redis.call("ZADD", KEYS[4], ARGV[1], id)
     else

@@ -15,6 +15,7 @@ if redis.call("ZADD", KEYS[3], ARGV[3], ARGV[1]) ~= 1 then
     return redis.error_reply("INTERNAL")
 end
 redis.call("HSET", KEYS[4], "msg", ARGV[4], "state", "completed")
+redis.call("HDEL", KEYS[4], "fenced_lease")
 if ARGV[6] then
     redis.call("HSET", KEYS[4], "result", ARGV[6])
 end

@@ -11,4 +11,5 @@ if redis.call("ZREM", KEYS[2], ARGV[1]) == 0 then
 end
 redis.call("RPUSH", KEYS[3], ARGV[1])
 redis.call("HSET", KEYS[4], "state", "pending")
+redis.call("HDEL", KEYS[4], "fenced_lease")
 return redis.status_reply("OK")

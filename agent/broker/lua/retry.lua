@@ -13,6 +13,7 @@ if redis.call("ZREM", KEYS[3], ARGV[1]) == 0 then
 end
 redis.call("ZADD", KEYS[4], ARGV[3], ARGV[1])
 redis.call("HSET", KEYS[1], "msg", ARGV[2], "state", "retry")
+redis.call("HDEL", KEYS[1], "fenced_lease")
 if tonumber(ARGV[5]) == 1 then
     if redis.call("INCR", KEYS[5]) == 1 then
         redis.call("EXPIREAT", KEYS[5], ARGV[4])
