@@ -22,7 +22,7 @@ from agent.runtime.cancel import CancelListener
 from agent.runtime.forwarder import Forwarder
 from agent.runtime.heartbeat import Heartbeat, Identity
 from agent.runtime.janitor import Janitor
-from agent.runtime.leases import LeaseKeeper
+from agent.runtime.leases import LOOP_STALL_SECONDS, LeaseKeeper
 from agent.runtime.lifecycle import Lifecycle, State
 from agent.runtime.processor import Observer, Processor
 from agent.runtime.reconciler import Reconciler
@@ -85,7 +85,7 @@ class Agent:
         # The lease thread renews every few seconds on its own: a call must fail fast rather than
         # retry inside redis-py, whose nested retries (command x reconnect x health check) held
         # a renewal for minutes on a stalled network, long past the 30 s lease.
-        lease_timeout = min(settings.socket_timeout, 5.0)
+        lease_timeout = min(settings.socket_timeout, 3.0)  # three tries within a 10 s lease
         self.lease_redis = connection.sync_client(settings.redis_url, **{
             **common, "retry": Retry(NoBackoff(), 0), "health_check_interval": 0,
             "socket_timeout": lease_timeout, "socket_connect_timeout": lease_timeout})
@@ -93,7 +93,7 @@ class Agent:
 
         self.signal = WorkSignal()
         self.waiters = QueueWaiters(self.waiter_redis, self.signal)
-        self.leases = LeaseKeeper(self.lease_redis, loop_alive=self._loop_alive)
+        self.leases = LeaseKeeper(self.lease_redis, loop_alive=self._loop_ticking)
         self.processor = Processor(
             self.broker, settings.weights, concurrency=settings.concurrency, limits=settings.limits,
             strict=settings.strict_priority, executor_for=self.executor_for, leases=self.leases,
@@ -138,6 +138,11 @@ class Agent:
 
     def _loop_alive(self) -> bool:
         return time.monotonic() - self.loop_tick < 20.0
+
+    def _loop_ticking(self) -> bool:
+        """The lease keeper renews only while the event loop ticked within LOOP_STALL_SECONDS
+        (below the lease), so a wedged agent loses its tasks to recovery."""
+        return time.monotonic() - self.loop_tick < LOOP_STALL_SECONDS
 
     async def _tick(self) -> None:
         while True:

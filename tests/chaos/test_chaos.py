@@ -3,8 +3,8 @@ run and a full form marked ``slow`` (``pytest -m slow tests/chaos``). Every scen
 report row; the table is printed at the end of the run (see conftest.py) and, with
 ``CHAOS_REPORT=file``, appended to that file as JSON lines.
 
-The reduced SIGKILL and network-stall scenarios spend most of their time waiting for asynq's
-recovery (30 s lease + 30 s cutoff + retry backoff): they start in the background when the
+The reduced SIGKILL and network-stall scenarios spend most of their time waiting for
+recovery (10 s lease + 2 s cutoff, docs/reliability.md "Fast recovery"): they start in the background when the
 first chaos test runs, while the shorter scenarios run in the foreground, and their tests
 (last in this file) collect the results. Each scenario has its own Redis and agents.
 """
