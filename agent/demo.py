@@ -48,7 +48,7 @@ def _queues_doc(repo: Path, worker_key: str, client_key: str) -> dict:
         "queues": {"demo": {
             "sub_queues": {"high": 3, "low": 1},
             "deployment": {"git_url": repo.as_uri(), "branch": "main", "startup_cmd": "python worker.py",
-                           "mode": "long_running", "processes": 2, "startup_timeout_secs": 60,
+                           "mode": "long_running", "startup_timeout_secs": 60,
                            "env_vars": {"GREETING": "hello"}},
             "task_defaults": {"max_retry": 2, "timeout": "1m", "retention": "1h"},
         }},
@@ -87,7 +87,7 @@ def run_demo(keep: bool = False) -> int:
         ops_port = free_port()
         config = {
             "server": {"url": server.url, "api_key": "${DEMO_WORKER_KEY}"},
-            "worker": {"queues": ["demo"], "concurrency": 8, "shutdown_timeout": "5s"},
+            "worker": {"queues": ["demo"], "concurrency": 2, "shutdown_timeout": "5s"},
             "deployment": {"dir": str(workdir / "deployments")},
             "ops": {"listen": f"127.0.0.1:{ops_port}"},
             "logging": {"level": "info", "format": "human"},
