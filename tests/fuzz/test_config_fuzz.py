@@ -13,7 +13,8 @@ SECTIONS = ["server", "worker", "bootstrap", "deployment", "git", "retry", "ops"
 KEYS = ["url", "api_key", "queues", "queue", "concurrency", "strict_priority", "shutdown_timeout",
         "max_tasks_per_child", "max_memory_per_child", "retries", "retry_delay", "dir", "git_url",
         "branch", "commit", "code_path", "path", "startup_cmd", "env_vars", "startup_timeout", "mode",
-        "processes", "max_in_flight_per_child", "venv", "requirements", "ssh_key", "token",
+        "processes", "max_in_flight_per_child", "threads", "async_limit", "prefetch", "venv",
+        "requirements", "ssh_key", "token",
         "known_hosts", "accept_new_host_keys", "max_retry", "listen", "enable_controls", "level",
         "format", "addr", "password", "db", "use_tls", "tls_ca_file", "tls_cert_file", "tls_key_file",
         "name", "weight", "bogus"]

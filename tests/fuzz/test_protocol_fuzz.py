@@ -37,7 +37,7 @@ protocol_objects = st.fixed_dictionaries(
         st.sampled_from(["ready", "error", "progress"]), json_values),
         "error": json_values, "retry": json_values, "retry_in": json_values, "result": json_values,
         "error_type": json_values, "protocol": json_values, "task_types": json_values,
-        "max_in_flight": json_values, "pid": json_values})
+        "max_in_flight": json_values, "slots": json_values, "pid": json_values})
 
 
 def _line_of(obj) -> bytes:
