@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -768,3 +769,23 @@ def test_parse_line_classifies_everything():
     assert outcome_from_response(object_error) == Outcome("archive", error='{"code":7}')
     prefix, salvaged = parse_line(b'progress{"task_id": "t", "result": 2}')
     assert prefix == Output("progress") and isinstance(salvaged, Response)
+
+
+async def test_quick_slow_and_hung_handlers_side_by_side(pools):
+    """A 10 ms, a 3 s and a hung handler in one pool of 3 children with prefetch: the hung
+    task alone fails, on time; the others complete, none charged for its neighbours."""
+    pool = await pools(make_spec(prefetch=2), processes=3)
+    started = time.monotonic()
+    hung = asyncio.create_task(pool.run(request("hang_sync", timeout=1.0)))
+    slow = asyncio.create_task(pool.run(request("sleep_sync", {"seconds": 3}, timeout=10)))
+    quick = [asyncio.create_task(pool.run(request("sleep_sync", {"seconds": 0.01}, timeout=2)))
+             for _ in range(300)]
+    outcome = await hung
+    assert outcome.kind == "retry" and outcome.error.startswith("timeout: task exceeded its timeout of 1s")
+    assert time.monotonic() - started < 1.0 + 1.0
+    quick_outcomes = await asyncio.gather(*quick)
+    kinds = Counter(o.kind for o in quick_outcomes)
+    # the quick tasks that waited in the hung child went back uncharged; the rest completed
+    assert set(kinds) <= {"success", "requeue"} and kinds["requeue"] <= 2, kinds
+    assert (await slow).kind == "success"
+    assert pool.running() == 0
