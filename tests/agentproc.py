@@ -95,3 +95,54 @@ class AgentProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def spawn_agent(config: Path, port: int, log: Path) -> AgentProcess:
+    """Start ``rundown-agent -config`` like ``AgentProcess.start`` but without waiting for it
+    to be ready (to signal it while it starts, or to watch its start-up)."""
+    agent = AgentProcess(config, port, log)
+    agent._log = open(log, "ab")  # noqa: SIM115 - closed in wait() / kill()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    agent.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "-config", str(config)],
+                                  stdout=agent._log, stderr=subprocess.STDOUT, env=env)
+    return agent
+
+
+def processes_marked(name: str, value: str) -> list:
+    """Live processes (zombies excluded) whose environment holds ``name=value``: give children
+    a unique mark through ``deployment.env_vars`` and this finds them and everything they
+    started, wherever they were re-parented."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(name) == value:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_processes(procs) -> None:
+    """SIGKILL each of ``procs`` (psutil processes, which guard against a reused pid) that
+    still runs: clean-up of processes a test made."""
+    import contextlib
+
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
