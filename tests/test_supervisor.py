@@ -789,3 +789,19 @@ async def test_quick_slow_and_hung_handlers_side_by_side(pools):
     assert set(kinds) <= {"success", "requeue"} and kinds["requeue"] <= 2, kinds
     assert (await slow).kind == "success"
     assert pool.running() == 0
+
+
+async def test_inline_child_hang_after_quick_tasks_blames_only_the_hang(pools):
+    """Quick tasks answered just before a hang in a sync-only (inline) child: their answers
+    must not wait behind the hang, or the agent would think one of them still ran and kill
+    the child for its timeout."""
+    pool = await pools(make_spec("sync_app.py", prefetch=10))
+    before = [request("quick", {"n": n}, timeout=1.0) for n in range(5)]
+    hang = request("hang", timeout=1.5)
+    after = [request("quick", {"n": n}, timeout=1.0) for n in range(3)]
+    running = [asyncio.create_task(pool.run(r)) for r in (*before, hang, *after)]
+    outcomes = await asyncio.gather(*running)
+    assert [o.kind for o in outcomes[:5]] == ["success"] * 5
+    assert outcomes[5].kind == "retry"
+    assert outcomes[5].error.startswith("timeout: task exceeded its timeout of 1.5s")
+    assert [o.kind for o in outcomes[6:]] == ["requeue"] * 3  # waited behind it: uncharged
