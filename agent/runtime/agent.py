@@ -293,7 +293,7 @@ class Agent:
         if self.lifecycle.state != State.READY:
             reasons.append(f"state is {self.lifecycle.state}")
         try:
-            await asyncio.wait_for(self.redis.ping(), 1.0)
+            await asyncio.wait_for(self.redis.ping(), 0.5)  # refused at once, retried inside
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             reasons.append(f"redis unreachable: {type(exc).__name__}")
         if self.lifecycle.state == State.READY and time.monotonic() - self.processor.last_dequeue_ok > 10:
