@@ -13,7 +13,7 @@ from agent.supervisor.child import Child, ChildExit, ChildStartupError
 from agent.supervisor.health import Capacity, CrashSuspects, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
-from agent.supervisor.pool import ChildPool, PoolUnavailable
+from agent.supervisor.pool import ChildPool, PoolUnavailable, wait_then_kill
 from agent.supervisor.task_request import TaskRequest
 
 log = logging.getLogger("agent.supervisor")
@@ -133,17 +133,7 @@ class LongRunningPool(ChildPool):
         children = list(self._children)
         for child in children:
             child.finish_and_exit("the agent is shutting down")
-        exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
-        waits: list[asyncio.Future[Any]] = [exits]
-        if hurry is not None:
-            waits.append(asyncio.ensure_future(hurry.wait()))
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for child in children:
-            child.kill("the agent's shutdown timeout passed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exits), 2.0)
-        for wait in waits:
-            wait.cancel()
+        await wait_then_kill(children, timeout, hurry)
         await self.stop(0.5)
 
     async def _spawn(self) -> Child:

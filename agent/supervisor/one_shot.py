@@ -11,7 +11,7 @@ from agent.supervisor.child import Child, ChildStartupError
 from agent.supervisor.health import Capacity, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
-from agent.supervisor.pool import ChildPool, PoolUnavailable
+from agent.supervisor.pool import ChildPool, PoolUnavailable, wait_then_kill
 from agent.supervisor.task_request import TaskRequest
 
 log = logging.getLogger("agent.supervisor")
@@ -115,17 +115,7 @@ class OneShotPool(ChildPool):
         kill what is left; returns once every child has exited."""
         self._stopping = True
         children = list(self._running.values())
-        exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
-        waits: list[asyncio.Future[Any]] = [exits]
-        if hurry is not None:
-            waits.append(asyncio.ensure_future(hurry.wait()))
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for child in children:
-            child.kill("the agent's shutdown timeout passed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exits), 2.0)
-        for wait in waits:
-            wait.cancel()
+        await wait_then_kill(children, timeout, hurry)
         await self.stop(0.5)
 
     async def cancel(self, task_id: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 from agent.broker import DequeuedTask
+from agent.supervisor.child import Child
 from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
 from agent.supervisor.task_request import TaskRequest
@@ -97,3 +99,20 @@ class ChildPool(ABC):
             return await self.run(TaskRequest.from_dequeued(task))
         except PoolUnavailable as exc:
             return Outcome("requeue", error=str(exc))
+
+
+async def wait_then_kill(children: list[Child], timeout: float, hurry: asyncio.Event | None) -> None:
+    """Wait up to ``timeout`` for the children to exit (``hurry`` cuts it short), SIGKILL
+    those left, and wait (2 s at most) until they have exited."""
+    exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
+    waits: list[asyncio.Future[Any]] = [exits]
+    if hurry is not None:
+        waits.append(asyncio.ensure_future(hurry.wait()))
+    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for child in children:
+        child.kill("the agent's shutdown timeout passed")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(exits), 2.0)
+    for wait in waits:
+        wait.cancel()
+
