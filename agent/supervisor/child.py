@@ -40,6 +40,7 @@ from agent.supervisor.protocol import (
     task_id_of_head,
 )
 from agent.supervisor.reaper import pdeathsig_preexec, process_marks, sweeper
+from agent.supervisor.slots import SlotLedger
 from agent.supervisor.task_request import TaskRequest
 
 log = logging.getLogger("agent.supervisor.child")
@@ -112,9 +113,8 @@ class Child:
         self.state = "starting"
         self.pid: int | None = None
         self.ready: Ready | None = None
-        self.slots = 1
-        self.prefetch = 0 if one_shot else spec.prefetch
         self.capacity = capacity or Capacity()
+        self.ledger = SlotLedger(self.capacity, 1, 0 if one_shot else spec.prefetch)
         self.suspects = suspects or CrashSuspects()
         self.tasks_started = 0
         self.tasks_done = 0
@@ -127,12 +127,7 @@ class Child:
         self._exited = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        # task id -> what to call with its outcome (exactly once: it is popped first)
-        self._pending: dict[str, Callable[[Outcome], None]] = {}
-        # task id -> (handler deadline, request) of the tasks whose handler runs now; a
-        # withdrawn task stays here (its slot is busy) until the child answers it
-        self._running: dict[str, tuple[float, TaskRequest]] = {}
-        self._queued: deque[TaskRequest] = deque()  # sent, waiting in the child for a slot
+        self._pending = self.ledger.outcomes  # task id -> its outcome callback (hot path alias)
         self._sweeper: asyncio.TimerHandle | None = None
         self._cancelled: set[str] = set()
         self._transport: asyncio.SubprocessTransport | None = None
@@ -202,18 +197,19 @@ class Child:
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(self._exited.wait(), 2.0))
             raise
+        ledger = self.ledger
         if self.ready.protocol is None or (self.ready.max_in_flight is None and self.ready.slots is None):
-            self.slots = 1  # a runqy-style child reads its requests one at a time
-            self.prefetch = 0  # and nothing says it would not start the next one early
+            ledger.slots = 1  # a runqy-style child reads its requests one at a time
+            ledger.prefetch = 0  # and nothing says it would not start the next one early
         elif self.ready.slots is not None:
-            self.slots = self.ready.slots
+            ledger.slots = self.ready.slots
         else:  # task_sdk before slots: it ran this many at once
-            self.slots = self.ready.max_in_flight or 1
+            ledger.slots = self.ready.max_in_flight or 1
         if self.one_shot:
-            self.slots = 1
+            ledger.slots = 1
         if self.state == "starting":
             self.state = "ready"
-        log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, self.slots)
+        log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, ledger.slots)
 
     def _never_started(self) -> None:
         self.state = "exited"
@@ -229,33 +225,36 @@ class Child:
         return len(self._pending)
 
     @property
+    def slots(self) -> int:
+        """Handlers the child runs at once (1 until its ready message says)."""
+        return self.ledger.slots
+
+    @property
     def busy(self) -> int:
         """Slots whose handler runs now."""
-        return len(self._running)
+        return len(self.ledger.running)
 
     @property
     def waiting(self) -> int:
         """Tasks sent ahead, waiting in the child for a slot (prefetched)."""
-        return len(self._queued)
+        return len(self.ledger.waiting)
 
     @property
     def free_slots(self) -> int:
         """Slots where a task sent now starts at once (0 unless ready)."""
-        return self.slots - len(self._running) if self.state == "ready" else 0
+        return self.ledger.free_slots if self.state == "ready" else 0
 
     @property
     def prefetch_room(self) -> int:
         """Tasks that may still be sent to wait here for a slot (only once all are busy)."""
-        if self.state != "ready" or len(self._running) < self.slots:
-            return 0
-        return self.prefetch - len(self._queued)
+        return self.ledger.prefetch_room if self.state == "ready" else 0
 
     def running(self, task_id: str) -> bool:
         return task_id in self._pending
 
     def handler_started(self, task_id: str) -> bool:
         """True when the task's handler runs now (not waiting for a slot)."""
-        return task_id in self._running and task_id in self._pending
+        return self.ledger.handler_running(task_id)
 
     async def run(self, request: TaskRequest) -> Outcome:
         """Send ``request`` and wait for its outcome.
@@ -282,16 +281,12 @@ class Child:
         task_id = request.task_id
         if self.exit is not None or self.state in ("stopping", "starting"):
             return False
-        if task_id in self._pending or task_id in self._running:
+        if self.ledger.holds(task_id):
             raise ValueError(f"task {task_id} is already running in child process {self.pid}")
-        self._pending[task_id] = on_outcome
         self._idle.clear()
         self.tasks_started += 1
-        if len(self._running) < self.slots:
-            self._start(request, time.time())
-            self.capacity.running += 1
-        else:
-            self._queued.append(request)
+        if self.ledger.hold(request, on_outcome, time.time()) and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
         assert self._stdin is not None
         if self.one_shot:
             self._stdin.write(encode_request(request))
@@ -302,12 +297,6 @@ class Child:
         if limit and not self.one_shot and self.tasks_started >= limit:
             self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
         return True
-
-    def _start(self, request: TaskRequest, now: float) -> None:
-        """The task's handler starts now: its timeout clock starts."""
-        self._running[request.task_id] = (request.handler_deadline(now), request)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
 
     def withdraw(self, task_id: str) -> bool:
         """Stop waiting for a task (its caller gave up): forget its outcome, and ask the child
@@ -356,13 +345,12 @@ class Child:
         """Every DEADLINE_SWEEP seconds while handlers run: a handler past its deadline plus
         ``deadline_grace`` fails its task and the child is killed."""
         self._sweeper = None
-        if self.exit is not None or not self._running:
+        if self.exit is not None or not self.ledger.running:
             return
-        limit = time.time() - self.spec.deadline_grace
-        late = next((req for deadline, req in self._running.values() if deadline <= limit), None)
+        late = self.ledger.first_late(time.time() - self.spec.deadline_grace)
         if late is not None and self._stop_reason is None:
             self._deadline_passed(late)
-        if self._running and self.exit is None:
+        if self.ledger.running and self.exit is None:
             self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
 
     def _deadline_passed(self, request: TaskRequest) -> None:
@@ -391,16 +379,7 @@ class Child:
         is free."""
         self.tasks_done += 1
         self._cancelled.discard(task_id)
-        if self._running.pop(task_id, None) is not None:
-            if self._queued:
-                self._start(self._queued.popleft(), time.time())
-            else:
-                self.capacity.running -= 1
-        else:  # answered before it started (a cancelled waiting task)
-            for request in self._queued:
-                if request.task_id == task_id:
-                    self._queued.remove(request)
-                    break
+        self.ledger.answered(task_id, time.time())
         if not self._reading:
             self._freed()
 
@@ -491,7 +470,7 @@ class Child:
     def kill_for_memory(self, rss: int, limit: int) -> None:
         """RSS is over ``max_memory_per_child``: kill the child now. The handler running
         in it is to blame; with several running, see ``CrashSuspects``."""
-        running = [tid for tid in self._running if tid in self._pending]
+        running = self.ledger.running_held()
         error = (f"memory limit exceeded ({rss // 1_000_000} MB > {limit // 1_000_000} MB, "
                  f"max_memory_per_child); child process {self.pid} killed")
         log.warning("queue %s: child process %s: %s", self.spec.queue, self.pid, error)
@@ -588,7 +567,7 @@ class Child:
 
     def _answer(self, response: Response) -> None:
         on_outcome = self._pending.pop(response.task_id, None)
-        if on_outcome is None and response.task_id in self._running:
+        if on_outcome is None and response.task_id in self.ledger.running:
             self._task_finished(response.task_id)  # withdrawn: its slot is free again
             return
         if on_outcome is None:
@@ -712,11 +691,9 @@ class Child:
                     f"ready{self.stderr_summary()}"
                 )
             )
-        pending, self._pending = self._pending, {}
-        running = [tid for tid in self._running if tid in pending]
-        self.capacity.running -= len(self._running)
-        self._running.clear()
-        self._queued.clear()
+        running = self.ledger.running_held()
+        pending = self.ledger.release_all()
+        self._pending = self.ledger.outcomes
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -785,7 +762,7 @@ class Child:
             "in_flight": self.in_flight,
             "slots": self.slots,
             "running": self.busy,
-            "waiting": len(self._queued),
+            "waiting": self.waiting,
             "rss": self.rss(),
         }
 

@@ -239,8 +239,9 @@ class LongRunningPool(ChildPool):
         starts = int(min(room, free))
         prefetch = 0
         for child in serving:
-            if child.prefetch and (starts >= free or child.free_slots == 0):
-                prefetch += child.prefetch - child.waiting
+            ledger = child.ledger
+            if ledger.prefetch and (starts >= free or child.free_slots == 0):
+                prefetch += ledger.prefetch - len(ledger.waiting)
         return starts + prefetch
 
     def running(self) -> int:
