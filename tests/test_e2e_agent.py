@@ -137,6 +137,22 @@ def test_kill_9_of_one_agent_loses_nothing(start_agent, client, r, tmp_path):
     assert not [p for p in victim_children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_one_shot_runs_concurrency_processes_at_once_and_drains(start_agent, client, r):
+    agent = start_agent(concurrency=3, mode="one_shot", startup_cmd="python e2e_worker.py --once",
+                        shutdown_timeout="10s")
+    infos = client.enqueue_many([("sleep", {"seconds": 0.6}, {"retention": 600}) for _ in range(9)])
+    wait_until(lambda: r.zcard(keys.completed("default")) == 9, timeout=30)
+    runs = [json.loads(client.get_task("default", i.id).result) for i in infos]
+    assert len({run["pid"] for run in runs}) == 9  # a fresh process per task
+    most = max(sum(1 for o in runs if o["start"] <= run["start"] < o["end"]) for run in runs)
+    assert most == 3  # concurrency 3: three processes at once, never more
+    slow = client.enqueue("sleep", {"seconds": 2}, retention=600)
+    wait_until(lambda: r.llen(keys.active("default")) == 1)
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(15) == 0
+    assert client.get_task("default", slow.id).state == "completed"  # drained, not cut short
+
+
 def test_pause_and_unpause(start_agent, client, r):
     start_agent()
     r.set(keys.paused("default"), int(time.time()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from agent.supervisor.child import Child, ChildStartupError
@@ -24,14 +25,16 @@ class OneShotPool(ChildPool):
     ``requeue``d (the task never ran); ``max_crashes`` such failures within ``crash_window``
     make the pool unhealthy, and a background probe (a child started and stopped with the
     restart backoff) makes it healthy again. A crash while running a task is that task's
-    failure only (``retry``). Concurrency is bounded by the caller.
+    failure only (``retry``). ``capacity`` bounds how many run at once: a task counts from
+    the moment the pool accepts it (``try_submit``), its process still starting.
     """
 
     def __init__(self, spec: ChildSpec, restart: RestartPolicy | None = None,
                  *, capacity: Capacity | None = None) -> None:
         self.spec = spec
         self.capacity = capacity or Capacity()
-        self._starting = 0  # children started for a task that has not been sent yet
+        self._starting = 0  # tasks accepted whose child has not been sent them yet
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # tasks accepted by try_submit
         self.crashes = CrashTracker(restart or RestartPolicy(), spec.queue)
         self._running: dict[str, Child] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -54,15 +57,47 @@ class OneShotPool(ChildPool):
             *(c.stop(grace, reason="the agent is shutting down") for c in self._running.values())
         )
 
-    async def run(self, request: TaskRequest) -> Outcome:
-        if not self._started or self._stopping:
-            state = "stopping" if self._stopping else "not started"
-            raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
-        if not self.crashes.healthy:
-            raise PoolUnavailable(self.crashes.describe())
+    def try_submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
+        """Accept the task now (it counts against ``capacity`` at once) and run it in its own
+        process in the background; ``on_outcome`` gets its outcome."""
+        if not self.healthy:
+            return False
+        self._starting += 1  # reserved here, synchronously: the next fetch sees it
+
+        async def run_reserved() -> None:
+            try:
+                outcome = await self.run(request, reserved=True)
+            except PoolUnavailable as exc:
+                outcome = Outcome("requeue", error=str(exc))
+            finally:
+                self._tasks.pop(request.task_id, None)
+            on_outcome(outcome)
+
+        self._tasks[request.task_id] = asyncio.get_running_loop().create_task(run_reserved())
+        return True
+
+    def withdraw(self, task_id: str) -> bool:
+        """Forget a task accepted by ``try_submit``: its process is stopped."""
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def run(self, request: TaskRequest, *, reserved: bool = False) -> Outcome:
+        if not reserved:
+            self._starting += 1
+        try:
+            if not self._started or self._stopping:
+                state = "stopping" if self._stopping else "not started"
+                raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
+            if not self.crashes.healthy:
+                raise PoolUnavailable(self.crashes.describe())
+        except PoolUnavailable:
+            self._starting -= 1
+            raise
         child = Child(self.spec, one_shot=True, capacity=self.capacity)
         self._running[request.task_id] = child
-        self._starting += 1
         try:
             try:
                 await child.start()

@@ -1,9 +1,10 @@
 """Task code for the end-to-end tests (run by a real agent in a real child process)."""
 
 import os
+import sys
 import time
 
-from task_sdk import RetryAfter, current_task, run, task
+from task_sdk import RetryAfter, current_task, run, run_once, task
 
 
 @task("stamp")
@@ -14,8 +15,10 @@ def stamp(payload):
 
 @task("sleep")
 def sleep(payload):
+    started = time.time()
     time.sleep(float(payload.get("seconds", 0.1)))
-    return {"slept": payload.get("seconds", 0.1)}
+    return {"slept": payload.get("seconds", 0.1), "pid": os.getpid(), "start": started,
+            "end": time.time()}
 
 
 @task("retry_fast")
@@ -33,4 +36,4 @@ def record(payload):
 
 
 if __name__ == "__main__":
-    run()
+    run_once() if "--once" in sys.argv else run()
