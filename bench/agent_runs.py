@@ -56,21 +56,73 @@ class Harness:
         return redis.Redis.from_url(self.redis_url, socket_timeout=30)
 
 
+AUTO = "auto"
+
+#: The configuration recommended for short tasks (no-op to a few ms), chosen by measurement
+#: among a few candidates (bench/README.md, "Choosing the short-task configuration"): every
+#: no-op drain of the suite but the async one runs it.
+SHORT_TASK = dict(concurrency=1, processes=1, threads=1, prefetch=256)
+
+
 @dataclass
 class AgentSetup:
+    """One agent configuration, in the capacity model's terms: ``concurrency`` handlers run at
+    once (``worker.concurrency``), in ``processes`` children (an int, or ``"auto"``: as many
+    as concurrency needs) of ``threads`` sync handler threads each (``async_limit`` async
+    handlers when every handler is async; None = the default, concurrency), and each child may
+    hold ``prefetch`` tasks beyond its busy slots.
+
+    A field set to None is left out of the config file (the agent's default applies): with
+    ``threads``, ``async_limit`` and ``prefetch`` None and ``processes`` an int, the file is
+    also valid for trees from before the capacity model (``bench.compare``)."""
+
     queues: list  # [(name, weight), ...]
     concurrency: int
     mode: str = "long_running"
     startup_cmd: str = "python noop_worker.py"
-    processes: int = 1
+    processes: int | str | None = AUTO
+    threads: int | None = 1
+    async_limit: int | None = None
+    prefetch: int | None = 0
     env: dict = field(default_factory=dict)
+
+    @property
+    def effective_async_limit(self) -> int:
+        return self.async_limit or self.concurrency
+
+    def capacity(self, children: int | None = None) -> dict:
+        """The configuration as recorded in the results (``children``: as counted in a run)."""
+        out = {"concurrency": self.concurrency, "processes": self.processes, "threads": self.threads,
+               "async_limit": self.effective_async_limit, "prefetch": self.prefetch, "mode": self.mode}
+        if children is not None:
+            out["children"] = children
+        return out
+
+    def label(self, children: int | None = None) -> str:
+        """Every figure's row label: e.g. ``concurrency 1: 1 process x 1 thread, async_limit 1,
+        prefetch 127`` (``processes auto = 16`` once a run counted the children)."""
+        if self.mode == "one_shot":
+            return f"concurrency {self.concurrency}: one_shot (a process per task)"
+        if self.threads is None and self.prefetch is None and self.async_limit is None:
+            return (f"concurrency {self.concurrency}, processes {self.processes} "
+                    "(without the capacity model's keys)")
+        procs = self.processes
+        if procs == AUTO:
+            procs = "auto" + (f" = {children}" if children is not None else "")
+        threads = 1 if self.threads is None else self.threads
+        prefetch = 0 if self.prefetch is None else self.prefetch
+        return (f"concurrency {self.concurrency}: processes {procs} x threads {threads}, "
+                f"async_limit {self.effective_async_limit}, prefetch {prefetch}")
 
 
 class AgentUnderTest:
     def __init__(self, h: Harness, setup: AgentSetup, name: str,
-                 process_env: dict | None = None) -> None:
+                 process_env: dict | None = None, cwd: Path | None = None) -> None:
         self.h, self.setup, self.name = h, setup, name
         self.process_env = dict(process_env or {})  # extra environment of the agent process
+        # ``python -m`` puts its working directory first on sys.path, before PYTHONPATH: an
+        # agent started from a checkout imports that checkout's ``agent`` whatever PYTHONPATH says
+        self.cwd = cwd
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = h.logdir / f"agent-{name}.log"
@@ -78,13 +130,20 @@ class AgentUnderTest:
 
     def config(self) -> Path:
         s = self.setup
+        worker = {"queues": [{"name": q, "weight": w} for q, w in s.queues],
+                  "concurrency": s.concurrency, "shutdown_timeout": "5s"}
+        deployment = {"dir": str(self.h.workdir / f"deployment-{self.name}"), "path": str(APP_DIR),
+                      "startup_cmd": s.startup_cmd, "venv": "none", "mode": s.mode, "env_vars": dict(s.env)}
+        if s.prefetch is not None:
+            worker["prefetch"] = s.prefetch
+        if s.mode != "one_shot":  # processes, threads and async_limit do not apply to one_shot
+            for key in ("processes", "threads", "async_limit"):
+                if getattr(s, key) is not None:
+                    deployment[key] = getattr(s, key)
         cfg = {
             "redis": {"url": self.h.redis_url},
-            "worker": {"queues": [{"name": q, "weight": w} for q, w in s.queues],
-                       "concurrency": s.concurrency, "shutdown_timeout": "5s"},
-            "deployment": {"dir": str(self.h.workdir / f"deployment-{self.name}"), "path": str(APP_DIR),
-                           "startup_cmd": s.startup_cmd, "venv": "none", "mode": s.mode,
-                           "processes": s.processes, "env_vars": dict(s.env)},
+            "worker": worker,
+            "deployment": deployment,
             "ops": {"listen": f"127.0.0.1:{self.port}"},
             "logging": {"level": "info", "format": "json"},
         }
@@ -98,7 +157,8 @@ class AgentUnderTest:
             argv += ["-m", "cProfile", "-o", str(self.profile_path)]
         argv += ["-m", "agent.cli", "-config", str(self.config())]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.process_env}
-        self.proc = self.h.procs.spawn(argv, name=f"agent-{self.name}", log_path=self.log_path, env=env)
+        self.proc = self.h.procs.spawn(argv, name=f"agent-{self.name}", log_path=self.log_path, env=env,
+                                       cwd=self.cwd)
         wait_until(self._ready, timeout, 0.05, f"agent {self.name} ready")
         self.h.procs.note_descendants(self.proc)
         return self
@@ -108,10 +168,30 @@ class AgentUnderTest:
         if self.proc.poll() is not None:
             raise RuntimeError(f"agent {self.name} exited with {self.proc.returncode}; see {self.log_path}")
         try:
-            status = httpx.get(f"http://127.0.0.1:{self.port}/status", timeout=1.0).json()
+            status = self.status()
         except (httpx.HTTPError, ValueError):
             return False
         return status.get("state") == "ready" and all(e.get("healthy") for e in status["executors"].values())
+
+    def status(self) -> dict:
+        return httpx.get(f"http://127.0.0.1:{self.port}/status", timeout=5.0).json()
+
+    def task_children(self) -> tuple[list[int] | None, int | None]:
+        """(PIDs of the children serving tasks, their handler slots) as the agent's /status
+        reports them (a process tree would also count helpers such as the reaper); (None,
+        None) if it cannot say."""
+        try:
+            status = self.status()
+        except (httpx.HTTPError, ValueError):
+            return None, None
+        return _child_pids(status), status.get("slots")
+
+    def task_child_pids(self) -> list[int]:
+        """PIDs of the children serving tasks (not helper processes), per /status."""
+        try:
+            return _child_pids(self.status())
+        except (httpx.HTTPError, ValueError):
+            return []
 
     @property
     def pid(self) -> int:
@@ -133,6 +213,11 @@ class AgentUnderTest:
                 return sum(1 for _ in f)
         except OSError:
             return 0
+
+
+def _child_pids(status: dict) -> list[int]:
+    pids = {c.get("pid") for e in status.get("executors", {}).values() for c in e.get("children", [])}
+    return sorted(p for p in pids if p)
 
 
 def _pause(r: redis.Redis, queues: list[str], on: bool) -> None:
@@ -236,6 +321,11 @@ def drain(h: Harness, name: str, *, n: int, setup: AgentSetup, task_type: str = 
         after = sample_tree(agent.pid)
         redis_after = process_cpu(h.redis_pid)
         system_after, own_after = system_busy_seconds(), own_cpu()
+        child_pids, slots = agent.task_children()
+        children = None if child_pids is None else len(child_pids)
+        # RSS of the task children (one_shot, or /status silent: of every descendant)
+        task_rss = (sum(after.children_rss.get(pid, 0) for pid in child_pids)
+                    if child_pids else sum(after.children_rss.values()))
         before, redis_before = first["tree"], first["redis"]
         seconds = progress.t_last - progress.t_first
         done = progress.c_last - progress.c_first
@@ -247,7 +337,10 @@ def drain(h: Harness, name: str, *, n: int, setup: AgentSetup, task_type: str = 
         others = ((system_after - first["system"]) - agent_cpu - child_cpu - redis_cpu
                   - (own_after - first["own"]))
         result = {
-            "n": n, "concurrency": setup.concurrency, "mode": setup.mode, "task_type": task_type,
+            "n": n, "config": setup.label(children),
+            # the configuration, and the children and handler slots the agent reported
+            "capacity": {**setup.capacity(children), "slots": slots},
+            "concurrency": setup.concurrency, "mode": setup.mode, "task_type": task_type,
             "app": setup.startup_cmd, "payload": kind, "queues": len(queues),
             "enqueue_seconds": round(enqueue_s, 3), "enqueue_per_s": round(n / enqueue_s, 1),
             "enqueue_procs": enqueue_procs,
@@ -266,8 +359,9 @@ def drain(h: Harness, name: str, *, n: int, setup: AgentSetup, task_type: str = 
             "redis_cpu_us_per_task_whole_run": round((redis_after - redis_start) / n * 1e6, 2),
             "agent_rss_mb": round(after.rss / MB, 1),
             "agent_peak_rss_mb": round(after.peak_rss / MB, 1),
-            "children": len(after.children_rss),
-            "child_rss_mb": round(sum(after.children_rss.values()) / MB, 1),
+            "descendants": len(after.children_rss),  # every descendant process (helpers included)
+            "descendants_rss_mb": round(sum(after.children_rss.values()) / MB, 1),
+            "child_rss_mb": round(task_rss / MB, 1),
             "redis_commands_per_task": redis_commands(r, n),
             "leftover": leftovers(r, queues),
             "agent_log_lines_during_drain": agent.log_lines() - log_before,

@@ -1,8 +1,9 @@
-"""Peers measured in the same run: Dramatiq (Redis broker, 2 processes x 8 threads) and arq
-(one asyncio worker), installed into their own virtualenv, bench/.venv-peers.
+"""Peers measured in the same run: Dramatiq (Redis broker, processes x threads) and arq
+(one asyncio worker, ``max_jobs``), installed into their own virtualenv, bench/.venv-peers.
 
-Each peer gets the same no-op task (returns a small dict), enqueued with the peer's own
-client before its worker starts; the rate is taken from the first observed progress to the
+Each peer gets the same tasks as the agent (``noop`` returns a small dict; ``sleep10ms``
+blocks for 10 ms, ``sleep50ms`` awaits 50 ms; see bench/peer_apps), enqueued with the peer's
+own client before its worker starts; the rate is taken from the first observed progress to the
 last, as for the agent. CPU is that of the worker's whole process tree over the same span.
 """
 
@@ -71,8 +72,8 @@ def _env(h: Harness, extra: dict | None = None) -> dict:
     return env
 
 
-def _enqueue(h: Harness, app: str, n: int, env: dict, timeout: float) -> float:
-    out = subprocess.run([str(venv_bin("python")), app, "enqueue", str(n)], cwd=APPS, env=env,
+def _enqueue(h: Harness, app: str, n: int, env: dict, timeout: float, task: str = "noop") -> float:
+    out = subprocess.run([str(venv_bin("python")), app, "enqueue", str(n), task], cwd=APPS, env=env,
                          capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{app} enqueue failed: {out.stderr.strip()[-2000:]}")
@@ -129,31 +130,42 @@ def _drain(h: Harness, name: str, n: int, argv: list[str], env: dict,
         r.close()
 
 
-def run_dramatiq(h: Harness, n: int, processes: int = 2, threads: int = 8) -> dict:
+def run_dramatiq(h: Harness, n: int, processes: int = 2, threads: int = 8, task: str = "noop",
+                 asyncio_actors: bool = False) -> dict:
+    """``task`` is an actor of dramatiq_noop.py; ``asyncio_actors`` adds Dramatiq's AsyncIO
+    middleware (needed by ``async def`` actors)."""
     r = h.redis()
     r.flushall()
-    env = _env(h)
-    enqueue_s = _enqueue(h, "dramatiq_noop.py", n, env, timeout=60 + n / 200)
+    env = _env(h, {"BENCH_DRAMATIQ_ASYNCIO": "1" if asyncio_actors else "0"})
+    enqueue_s = _enqueue(h, "dramatiq_noop.py", n, env, timeout=60 + n / 200, task=task)
     msgs = "dramatiq:default.msgs"
     if r.hlen(msgs) != n:
         raise RuntimeError(f"dramatiq: expected {n} messages in {msgs}, found {r.hlen(msgs)}")
     r.close()
     argv = [str(venv_bin("dramatiq")), "dramatiq_noop", "--processes", str(processes),
             "--threads", str(threads), "--path", str(APPS)]
-    result = _drain(h, "dramatiq", n, argv, env, lambda c: int(c.hlen(msgs)))
-    return {"config": f"Redis broker, {processes} processes x {threads} threads",
+    result = _drain(h, f"dramatiq-{task}", n, argv, env, lambda c: int(c.hlen(msgs)))
+    config = f"Redis broker, {processes} processes x {threads} threads"
+    if asyncio_actors:
+        config += " (AsyncIO middleware)"
+    return {"config": config, "running_handlers": processes * threads, "task_type": task,
             "enqueue_per_s": round(n / enqueue_s, 1), **result}
 
 
-def run_arq(h: Harness, n: int, max_jobs: int = 128, poll_delay: float = 0.5) -> dict:
+def run_arq(h: Harness, n: int, max_jobs: int = 128, poll_delay: float = 0.5, task: str = "noop") -> dict:
+    """``task`` is a function of arq_noop.py (``sleep10ms`` runs its blocking part in a
+    thread pool of ``max_jobs`` threads)."""
     r = h.redis()
     r.flushall()
     env = _env(h, {"BENCH_ARQ_MAX_JOBS": str(max_jobs), "BENCH_ARQ_POLL_DELAY": str(poll_delay)})
-    enqueue_s = _enqueue(h, "arq_noop.py", n, env, timeout=60 + n / 200)
+    enqueue_s = _enqueue(h, "arq_noop.py", n, env, timeout=60 + n / 200, task=task)
     if r.zcard("arq:queue") != n:
         raise RuntimeError(f"arq: expected {n} jobs in arq:queue, found {r.zcard('arq:queue')}")
     r.close()
     argv = [str(venv_bin("python")), "arq_noop.py", "work"]
-    result = _drain(h, "arq", n, argv, env, lambda c: int(c.zcard("arq:queue")))
-    return {"config": f"1 process, max_jobs={max_jobs}, poll_delay={poll_delay}s, keep_result=0",
+    result = _drain(h, f"arq-{task}", n, argv, env, lambda c: int(c.zcard("arq:queue")))
+    config = f"1 process, max_jobs={max_jobs}, poll_delay={poll_delay}s, keep_result=0"
+    if task == "sleep10ms":
+        config += f", run_in_executor on {max_jobs} threads"
+    return {"config": config, "running_handlers": max_jobs, "task_type": task,
             "enqueue_per_s": round(n / enqueue_s, 1), **result}

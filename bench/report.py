@@ -18,9 +18,32 @@ def _get(results: dict, *path, default=None):
     return node
 
 
+# Sections and their labels; the keys of runs before the capacity model (drain_c10,
+# drain_c128, drain_c128_async) are still read, for --markdown of an older results file.
+DRAINS = (("drain_defaults", "defaults, sync no-op"), ("drain_c10", "sync no-op"),
+          ("drain_short", "short-task config, sync no-op"), ("drain_c128", "sync no-op"),
+          ("drain_async", "async no-op"), ("drain_c128_async", "async no-op"),
+          ("scale_pending", "many pending"), ("scale_queues", "50 weighted sub-queues"),
+          ("scale_queues_parents", "50 parent queues"), ("scale_payload", "100 KB payloads"),
+          ("one_shot", "one_shot"))
+HEADLINE = ("drain_short", "drain_c128")
+REALISTIC_LABELS = {"sync_10ms_16": "sync 10 ms", "sync_10ms_128": "sync 10 ms",
+                    "async_50ms_16": "async 50 ms", "async_50ms_128": "async 50 ms"}
+
+
+def headline(runs: dict) -> dict:
+    """The short-task drain (``drain_c128`` in results from before the capacity model)."""
+    return next((runs[k] for k in HEADLINE if isinstance(runs.get(k), dict)), {})
+
+
+def config_label(d: dict) -> str:
+    """The configuration a run states (results from before the capacity model: concurrency)."""
+    return d.get("config") or f"concurrency {d.get('concurrency', '?')} (tasks held)"
+
+
 def ratios(results: dict) -> dict:
     runs = results["runs"]
-    agent = _get(runs, "drain_c128", "tasks_per_s")
+    agent = headline(runs).get("tasks_per_s")
     out: dict = {}
     if not agent:
         return out
@@ -34,13 +57,13 @@ def ratios(results: dict) -> dict:
     for name in ("scale_pending", "scale_queues"):
         rate = _get(runs, name, "tasks_per_s")
         # against the single-queue drains just before and after it when the run has them
-        # (the same minutes), else against the c=128 drain
+        # (the same minutes), else against the short-task drain
         refs = [r["tasks_per_s"] for r in _get(runs, name, "single_queue_reference") or [] if r.get("tasks_per_s")]
         if rate:
             out[f"{name}_over_single_queue"] = round(rate / (sum(refs) / len(refs) if refs else agent), 3)
-    c10 = _get(runs, "drain_c10", "tasks_per_s")
-    if c10:
-        out["c10_over_c128"] = round(c10 / agent, 3)
+    defaults = _get(runs, "drain_defaults", "tasks_per_s")
+    if defaults:
+        out["defaults_over_short"] = round(defaults / agent, 3)
     return out
 
 
@@ -55,16 +78,18 @@ def targets(results: dict) -> list[dict]:
         ok = measured >= limit if ok_if == ">=" else measured <= limit
         rows.append({"target": name, "measured": measured, "limit": f"{ok_if} {limit}", "ok": ok, "unit": unit})
 
-    check("drain c128 / floor", r.get("agent_over_floor"), 0.6, ">=")
-    check("drain c128 / Dramatiq", r.get("agent_over_dramatiq"), 10, ">=")
-    check("drain c128 tasks/s (2-core class)", _get(runs, "drain_c128", "tasks_per_s"), 50_000, ">=")
+    short = headline(runs)
+    check("short-task drain / floor", r.get("agent_over_floor"), 0.6, ">=")
+    check("short-task drain / Dramatiq", r.get("agent_over_dramatiq"), 10, ">=")
+    check("short-task drain tasks/s (2-core class)", short.get("tasks_per_s"), 50_000, ">=")
     for producer in ("client", "bare"):
         check(f"idle latency p50, {producer}", _get(runs, "idle_latency", f"latency_{producer}", "p50_ms"), 2.0, "<=", "ms")
         check(f"idle latency p99, {producer}", _get(runs, "idle_latency", f"latency_{producer}", "p99_ms"), 5.0, "<=", "ms")
     check("idle agent CPU", _get(runs, "idle_latency", "idle", "agent_cpu_percent"), 1.0, "<=", "% of a core")
-    check("agent CPU per task, c128", _get(runs, "drain_c128", "agent_cpu_us_per_task"), 15.0, "<=", "µs")
+    check("agent CPU per task, short-task drain", short.get("agent_cpu_us_per_task"), 15.0, "<=", "µs")
     rss = [v for v in (_get(runs, k, "agent_peak_rss_mb") for k in
-                       ("drain_c10", "drain_c128", "scale_pending", "scale_queues")) if v]
+                       ("drain_defaults", "drain_short", "drain_c10", "drain_c128", "scale_pending",
+                        "scale_queues")) if v]
     check("agent peak RSS (small payloads)", max(rss) if rss else None, 80.0, "<=", "MB")
     check("many pending / single queue", r.get("scale_pending_over_single_queue"), 0.9, ">=")
     check("50 queues / single queue", r.get("scale_queues_over_single_queue"), 0.9, ">=")
@@ -87,7 +112,7 @@ def _fmt(v, digits: int = 0) -> str:
 
 
 def print_report(results: dict, console: Console | None = None) -> None:
-    console = console or Console(width=max(Console().width, 150))
+    console = console or Console(width=max(Console().width, 190))
     runs = results["runs"]
     meta = results["meta"]
     m = meta["machine"]
@@ -99,18 +124,15 @@ def print_report(results: dict, console: Console | None = None) -> None:
                   + (f" + {len(code['dirty'])} changed file(s)" if code.get("dirty") else "")
                   + f", agent+task_sdk source hash {code.get('source_hash', '?')}")
 
-    t = Table(title="Drain (one agent, long_running, venv none; no-op handler)")
-    for col in ("run", "N", "tasks/s", "agent µs/task", "child µs/task", "redis µs/task",
+    t = Table(title="Drains (one agent, venv none; concurrency = handlers running at once)")
+    for col in ("run: configuration", "N", "tasks/s", "agent µs/task", "child µs/task", "redis µs/task",
                 "agent util", "redis util", "others util", "agent RSS MB (peak)", "child RSS MB"):
-        t.add_column(col, justify="right" if col != "run" else "left")
-    for key, label in (("drain_c10", "c=10, sync handler"), ("drain_c128", "c=128, sync handler"),
-                       ("drain_c128_async", "c=128, async handler"),
-                       ("scale_pending", "c=128, many pending"), ("scale_queues", "c=128, 50 weighted sub-queues"),
-                       ("scale_queues_parents", "c=128, 50 parent queues (50 children)"),
-                       ("scale_payload", "c=128, 100 KB payloads"), ("one_shot", "one_shot")):
+        t.add_column(col, justify="right" if col != "run: configuration" else "left")
+    for key, what in DRAINS:
         d = runs.get(key)
         if not d:
             continue
+        label = f"{what}; {config_label(d)}"
         if "error" in d:
             t.add_row(label, "-", "[red]error[/red]", *["-"] * 8)
             continue
@@ -123,9 +145,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
 
     t = Table(title="Floor and peers (same machine, same run)")
     for col in ("system", "config", "N", "tasks/s", "CPU µs/task", "redis µs/task", "redis util",
-                "rundown-agent c128 / this"):
+                "rundown-agent short-task / this"):
         t.add_column(col, justify="left" if col in ("system", "config") else "right")
-    agent = _get(runs, "drain_c128", "tasks_per_s")
+    agent = headline(runs).get("tasks_per_s")
     floor = runs.get("floor") or {}
     for name, d in floor.items():
         if name == "best" or not isinstance(d, dict) or "tasks_per_s" not in d:
@@ -145,9 +167,20 @@ def print_report(results: dict, console: Console | None = None) -> None:
                   _fmt(agent / d["tasks_per_s"], 1) if agent else "-")
     console.print(t)
 
+    rows = realistic_rows(runs)
+    if rows:
+        t = Table(title="Realistic handlers: efficiency = tasks/s / (running handlers / handler time)")
+        for col in ("handler", "running", "system", "configuration", "N", "tasks/s", "ideal", "efficiency",
+                    "CPU µs/task", "redis µs/task", "others util"):
+            t.add_column(col, justify="left" if col in ("handler", "system", "configuration") else "right")
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
+
     lat = runs.get("idle_latency") or {}
     if "latency_client" in lat:
-        t = Table(title=f"Idle agent: enqueue -> completed (agent idle CPU {lat['idle']['agent_cpu_percent']}% of a core)")
+        t = Table(title=f"Idle agent ({lat.get('config', 'after the headline drain')}): enqueue -> completed "
+                        f"(agent idle CPU {lat['idle']['agent_cpu_percent']}% of a core)")
         for col in ("producer", "samples", "p50 ms", "p90 ms", "p99 ms", "max ms", "lost",
                     "enqueue call p50", "written->active p50", "active->done p50"):
             t.add_column(col, justify="left" if col == "producer" else "right")
@@ -193,9 +226,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
     if costs:
         console.print("[bold]unit costs in this interpreter[/bold] (µs per operation): " + "; ".join(
             f"{k} {v}" for k, v in costs.items()))
-    cmds = _get(runs, "drain_c128", "redis_commands_per_task")
+    cmds = headline(runs).get("redis_commands_per_task")
     if cmds:
-        console.print("[bold]Redis per task, c=128[/bold]: " + ", ".join(
+        console.print("[bold]Redis per task, short-task drain[/bold]: " + ", ".join(
             f"{k} {v['calls']} ({v['redis_us']} µs)" for k, v in cmds.items()
             if isinstance(v, dict) and v["calls"] >= 0.01)
             + f"; {cmds.get('net_in_bytes')} B in, {cmds.get('net_out_bytes')} B out")
@@ -220,6 +253,32 @@ def print_report(results: dict, console: Console | None = None) -> None:
         console.print(f"[red]error in {section}:[/red] {message}")
 
 
+def realistic_rows(runs: dict) -> list[list[str]]:
+    """The realistic section as table cells: one row per system and case."""
+    out = []
+    for case, row in (runs.get("realistic") or {}).items():
+        if not isinstance(row, dict):
+            continue
+        what = f"{REALISTIC_LABELS.get(case, case)}"
+        for system in ("agent", "dramatiq", "arq"):
+            d = row.get(system)
+            if d is None:
+                continue
+            if "error" in d:
+                out.append([what, _fmt(row["running_handlers"]), system, "-", _fmt(row["n"]), "error",
+                            _fmt(row["ideal_tasks_per_s"]), "-", "-", "-", "-"])
+                continue
+            if system == "agent":
+                config = config_label(d)
+                cpu = _fmt(d["agent_cpu_us_per_task"], 0) + f" + {_fmt(d['children_cpu_us_per_task'], 0)} child"
+            else:
+                config, cpu = d["config"], _fmt(d["cpu_us_per_task"], 0)
+            out.append([what, _fmt(row["running_handlers"]), system, config, _fmt(d["n"]), _fmt(d["tasks_per_s"]),
+                        _fmt(row["ideal_tasks_per_s"]), _fmt(d.get("efficiency"), 2), cpu,
+                        _fmt(d.get("redis_cpu_us_per_task"), 1), _fmt(d.get("other_processes_cpu_util"), 2)])
+    return out
+
+
 def write_json(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
@@ -229,29 +288,28 @@ def markdown(results: dict) -> str:
     """The README's tables, from a results JSON (``python -m bench --markdown FILE``)."""
     runs, meta, m = results["runs"], results["meta"], results["meta"]["machine"]
     code = meta.get("code", {})
-    agent = _get(runs, "drain_c128", "tasks_per_s")
+    agent = headline(runs).get("tasks_per_s")
     out = [f"Measured {meta['date']} ({meta['mode']} mode, {meta.get('seconds', '?')} s), "
            f"{m['cpu_model']}, {m['usable_cpus']} CPUs, {m['memory_gb']} GB RAM, {m['os']}, "
            f"Python {m['python']}, {meta.get('redis_server', '')}; code at commit "
            f"{code.get('commit', '?')}" + (" (with uncommitted changes)" if code.get("dirty") else "")
            + f", source hash {code.get('source_hash', '?')}. A shared machine: `others` is the "
            "CPU other processes used meanwhile (1.0 = one core).", ""]
-    out += ["| run | N | tasks/s | agent CPU µs/task | child µs/task | Redis µs/task | agent util | Redis util | others | agent RSS MB (peak) | child RSS MB |",
+    out += ["| run: configuration | N | tasks/s | agent CPU µs/task | child µs/task | Redis µs/task | agent util | Redis util | others | agent RSS MB (peak) | child RSS MB |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for key, label in (("drain_c10", "c=10, sync handler"), ("drain_c128", "**c=128, sync handler**"),
-                       ("drain_c128_async", "c=128, async handler"), ("scale_pending", "c=128, many pending"),
-                       ("scale_queues", "c=128, 50 weighted sub-queues"),
-                       ("scale_queues_parents", "c=128, 50 parent queues (a child each)"),
-                       ("scale_payload", "c=128, 100 KB payloads"), ("one_shot", "one_shot, c=10")):
+    for key, what in DRAINS:
         d = runs.get(key)
         if not d or "tasks_per_s" not in d:
             continue
+        label = f"{what}; {config_label(d)}"
+        if key in HEADLINE:
+            label = f"**{label}**"
         out.append(f"| {label} | {_fmt(d['n'])} | {_fmt(d['tasks_per_s'])} | {_fmt(d['agent_cpu_us_per_task'], 1)} | "
                    f"{_fmt(d['children_cpu_us_per_task'], 1)} | {_fmt(d['redis_cpu_us_per_task'], 1)} | "
                    f"{_fmt(d['agent_cpu_util'], 2)} | {_fmt(d['redis_cpu_util'], 2)} | "
                    f"{_fmt(d.get('other_processes_cpu_util'), 2)} | {_fmt(d['agent_rss_mb'], 1)} ({_fmt(d['agent_peak_rss_mb'], 1)}) | "
                    f"{_fmt(d['child_rss_mb'], 1)} |")
-    out += ["", "| system | config | N | tasks/s | CPU µs/task | Redis µs/task | agent c=128 / this |",
+    out += ["", "| system | config | N | tasks/s | CPU µs/task | Redis µs/task | agent short-task / this |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, d in (runs.get("floor") or {}).items():
         if name == "best" or "tasks_per_s" not in d:
@@ -268,9 +326,16 @@ def markdown(results: dict) -> str:
         out.append(f"| {name} | {d['config']} | {_fmt(d['n'])} | {_fmt(d['tasks_per_s'])} | "
                    f"{_fmt(d['cpu_us_per_task'], 0)} | {_fmt(d.get('redis_cpu_us_per_task'), 1)} | "
                    f"{_fmt(agent / d['tasks_per_s'], 1) if agent else '-'} |")
+    rows = realistic_rows(runs)
+    if rows:
+        out += ["", "Realistic handlers (efficiency = tasks/s / (running handlers / handler time)):", "",
+                "| handler | running | system | configuration | N | tasks/s | ideal | efficiency | CPU µs/task | Redis µs/task | others |",
+                "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
     lat = runs.get("idle_latency") or {}
     if "latency_client" in lat:
-        out += ["", f"Idle agent: {lat['idle']['agent_cpu_percent']} % of a core over {lat['idle']['seconds']} s. "
+        out += ["", f"Idle agent ({lat.get('config', 'after the headline drain')}): "
+                f"{lat['idle']['agent_cpu_percent']} % of a core over {lat['idle']['seconds']} s. "
                 "Enqueue -> completed (ms):", "",
                 "| producer | samples | p50 | p90 | p99 | max | enqueue call p50 | written -> active p50 | active -> done p50 |",
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -282,9 +347,9 @@ def markdown(results: dict) -> str:
     enq = runs.get("enqueue") or {}
     one = runs.get("one_shot") or {}
     out.append("")
-    reps = _get(runs, "drain_c128", "repetitions") or []
+    reps = headline(runs).get("repetitions") or []
     if len(reps) > 1:
-        out.append(f"The c=128 sync drain ran {len(reps)} times (the table shows the median run): "
+        out.append(f"The short-task drain ran {len(reps)} times (the table shows the median run): "
                    + ", ".join(f"{_fmt(r['tasks_per_s'])}/s at {r['agent_cpu_us_per_task']} µs"
                                for r in reps) + ". ")
     if enq:
@@ -299,7 +364,7 @@ def markdown(results: dict) -> str:
     for name, label in (("scale_pending", "many pending"), ("scale_queues", "50 weighted sub-queues")):
         refs = _get(runs, name, "single_queue_reference")
         if refs:
-            out.append(f"The {label} run against single-queue c=128 drains just before and after it: "
+            out.append(f"The {label} run against single-queue drains just before and after it: "
                        f"{_fmt(_get(runs, name, 'tasks_per_s'))}/s against "
                        + " and ".join(f"{_fmt(r['tasks_per_s'])}/s" for r in refs)
                        + f" ({_get(results, 'ratios', name + '_over_single_queue')}). ")

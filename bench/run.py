@@ -1,8 +1,9 @@
 """The benchmark suite, one command: ``python -m bench [--quick | --smoke] [options]``.
 
-Starts its own redis-server, measures the agent (drains at concurrency 10 and 128, idle CPU
-and latency, scale runs, one_shot), the floor (the same Lua scripts with no agent) and the
-peers (Dramatiq, arq, installed into bench/.venv-peers), prints tables and writes
+Starts its own redis-server, measures the agent (no-op drains in the default, the short-task
+and an async configuration, idle CPU and latency, realistic 10 ms and 50 ms handlers, scale
+runs, one_shot), the floor (the same Lua scripts with no agent) and the peers (Dramatiq, arq,
+installed into bench/.venv-peers), prints tables and writes
 bench/results/bench-<time>-<mode>.json. Every process it starts is stopped on the way out,
 Ctrl-C included. See bench/README.md.
 """
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: python bench/run.py
@@ -25,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 
 from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
 from bench import agent_runs, floor, micro, peers, profiling, report  # noqa: E402
-from bench.agent_runs import AgentSetup, Harness  # noqa: E402
+from bench.agent_runs import SHORT_TASK, AgentSetup, Harness  # noqa: E402
 from bench.measure import code_identity, machine  # noqa: E402
 from bench.procs import Processes, signals_as_interrupt, uninterruptible  # noqa: E402
 from bench.workload import enqueue_single  # noqa: E402
@@ -35,21 +37,48 @@ RESULTS = BENCH_DIR / "results"
 SYNC_APP = "python noop_sync_worker.py"
 ASYNC_APP = "python noop_worker.py"
 
+# Agent configurations (AgentSetup fields); every result records its configuration, and
+# every printed row says it (processes, threads, async_limit, prefetch, concurrency).
+DEFAULTS = dict(concurrency=10, processes="auto", threads=1, prefetch=0)  # the config file's defaults
+ASYNC_128 = dict(concurrency=128, processes=1, threads=1, async_limit=128, prefetch=0)
+ONE_SHOT = dict(concurrency=10, processes=None, threads=None, prefetch=0)
+
+# The realistic section: handlers that take time, at 16 and 128 handlers running at once, for
+# the agent and its peers alike. Sync: 2 processes (one per core) of slots/2 threads, as
+# Dramatiq; each child may hold one waiting task per thread (prefetch = threads), as
+# Dramatiq's worker holds 2 x threads messages. Async: one child, async_limit = slots.
+REALISTIC = {
+    # case: (task type, app, handler seconds, running handlers, agent config)
+    "sync_10ms_16": ("sleep10ms", SYNC_APP, 0.010, 16,
+                     dict(concurrency=16, processes=2, threads=8, prefetch=8)),
+    "sync_10ms_128": ("sleep10ms", SYNC_APP, 0.010, 128,
+                      dict(concurrency=128, processes=2, threads=64, prefetch=64)),
+    "async_50ms_16": ("sleep50ms", ASYNC_APP, 0.050, 16,
+                      dict(concurrency=16, processes=1, threads=1, async_limit=16, prefetch=16)),
+    "async_50ms_128": ("sleep50ms", ASYNC_APP, 0.050, 128,
+                       dict(concurrency=128, processes=1, threads=1, async_limit=128, prefetch=128)),
+}
+
 SIZES = {
     # CI: proves every section still runs; the figures mean little
-    "smoke": dict(single=300, c10=2_000, c128=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
+    "smoke": dict(single=300, defaults=2_000, short=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
                   pending=5_000, queues50=5_000, big=100, one_shot=20, startup_reps=3,
-                  c128_reps=1, reference=2_000),
-    # under ~3 minutes on a 2-core machine (plus the peers' virtualenv on the first run)
-    "quick": dict(single=3_000, c10=20_000, c128=60_000, latency=60, idle=3.0, floor=60_000,
+                  short_reps=1, reference=2_000,
+                  realistic=dict(sync_10ms_16=100, sync_10ms_128=300, async_50ms_16=50, async_50ms_128=300)),
+    # a few minutes on a 2-core machine (plus the peers' virtualenv on the first run)
+    "quick": dict(single=3_000, defaults=20_000, short=60_000, latency=60, idle=3.0, floor=60_000,
                   peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100,
-                  startup_reps=5, c128_reps=1, reference=50_000),
+                  startup_reps=5, short_reps=1, reference=50_000,
+                  realistic=dict(sync_10ms_16=1_500, sync_10ms_128=4_000, async_50ms_16=500,
+                                 async_50ms_128=3_000)),
     # the README figures
-    "full": dict(single=10_000, c10=100_000, c128=300_000, latency=200, idle=10.0, floor=300_000,
+    "full": dict(single=10_000, defaults=100_000, short=300_000, latency=200, idle=10.0, floor=300_000,
                  peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500,
-                 startup_reps=10, c128_reps=3, reference=150_000),
+                 startup_reps=10, short_reps=3, reference=150_000,
+                 realistic=dict(sync_10ms_16=3_000, sync_10ms_128=8_000, async_50ms_16=1_000,
+                                async_50ms_128=6_000)),
 }
-SECTIONS = ("enqueue", "drain_c10", "drain_c128", "drain_c128_async", "floor", "peers",
+SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
             "micro", "profile")
 
@@ -63,10 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="tiny N and no peers: checks that every section still runs (CI)")
     p.set_defaults(mode="full")
     p.add_argument("--pending", type=int, help="N of the many-pending scale run (full: 1,000,000)")
-    p.add_argument("--n", type=int, help="N of the c=128 drains (and the floor)")
-    p.add_argument("--no-peers", action="store_true", help="skip Dramatiq and arq")
+    p.add_argument("--n", type=int, help="N of the short-task and async no-op drains (and the floor)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip Dramatiq and arq (the peers section, and their rows of the realistic one)")
     p.add_argument("--profile", choices=("py-spy", "cprofile", "syscalls"),
-                   help="add a profiled c=128 drain (py-spy from the peers' venv, cProfile, "
+                   help="add a profiled short-task drain (py-spy from the peers' venv, cProfile, "
                         "or system calls per task with perf stat)")
     p.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
     p.add_argument("--output", type=Path, help="JSON file to write (default: bench/results/...)")
@@ -119,10 +149,11 @@ class Suite:
             print(f"   {section} failed: {exc}", flush=True)
         print(f"   {section} done in {time.monotonic() - t0:.1f}s", flush=True)
 
-    def _drain(self, name: str, n: int, concurrency: int, app: str = SYNC_APP, **kw):
+    def _drain(self, name: str, n: int, config: dict | None = None, app: str = SYNC_APP, **kw):
+        """One drain of one agent; ``config``: AgentSetup fields (default: the short-task one)."""
         queues = kw.pop("queues", [("bench", 1)])
         mode = kw.pop("mode", "long_running")
-        setup = AgentSetup(queues, concurrency, mode=mode, startup_cmd=app)
+        setup = AgentSetup(queues, mode=mode, startup_cmd=app, **(config or SHORT_TASK))
         return agent_runs.drain(self.h, name, n=n, setup=setup, **kw)
 
     def enqueue(self) -> None:
@@ -134,20 +165,23 @@ class Suite:
         r.close()
         self.runs["enqueue"] = {"single_n": n, "single_per_s": round(n / seconds, 1), "batch": 1000}
 
-    def drain_c10(self) -> None:
-        self.runs["drain_c10"], _ = self._drain("c10", self.sizes["c10"], 10)
+    def drain_defaults(self) -> None:
+        """No-op tasks with the config file's defaults: concurrency 10, processes auto (ten
+        children of one thread), prefetch 0."""
+        self.runs["drain_defaults"], _ = self._drain("defaults", self.sizes["defaults"], DEFAULTS)
 
-    def drain_c128(self) -> None:
-        """The headline drain, repeated (a shared machine drifts within a minute): the run
-        with the median rate is reported, every run's rate and CPU are kept beside it."""
-        n = self.args.n or self.sizes["c128"]
-        runs = [self._drain("c128", n, 128)[0] for _ in range(self.sizes["c128_reps"] - 1)]
-        last, agent = self._drain("c128", n, 128, keep_agent=True)
+    def drain_short(self) -> None:
+        """The headline drain, in the short-task configuration, repeated (a shared machine
+        drifts within a minute): the run with the median rate is reported, every run's rate
+        and CPU are kept beside it. Then the idle agent's CPU and latency."""
+        n = self.args.n or self.sizes["short"]
+        runs = [self._drain("short", n)[0] for _ in range(self.sizes["short_reps"] - 1)]
+        last, agent = self._drain("short", n, keep_agent=True)
         runs.append(last)
         result = dict(sorted(runs, key=lambda r: r["tasks_per_s"] or 0)[len(runs) // 2])
         result["repetitions"] = [{"tasks_per_s": r["tasks_per_s"],
                                   "agent_cpu_us_per_task": r["agent_cpu_us_per_task"]} for r in runs]
-        self.runs["drain_c128"] = result
+        self.runs["drain_short"] = result
         self.runs.setdefault("enqueue", {})["batched_per_s"] = result["enqueue_per_s"]
         self.runs["enqueue"]["batched_n"] = n
         self.runs["enqueue"].setdefault("batch", 1000)
@@ -155,13 +189,47 @@ class Suite:
         try:
             self.runs["idle_latency"] = agent_runs.idle_and_latency(
                 self.h, agent, "bench", self.sizes["latency"], self.sizes["idle"])
+            self.runs["idle_latency"]["config"] = result["config"]
         finally:
             code = agent.stop()
-            self.runs["drain_c128"]["agent_exit_code"] = code
+            self.runs["drain_short"]["agent_exit_code"] = code
 
-    def drain_c128_async(self) -> None:
-        n = self.args.n or self.sizes["c128"]
-        self.runs["drain_c128_async"], _ = self._drain("c128-async", n, 128, app=ASYNC_APP)
+    def drain_async(self) -> None:
+        n = self.args.n or self.sizes["short"]
+        self.runs["drain_async"], _ = self._drain("async", n, ASYNC_128, app=ASYNC_APP)
+
+    def realistic(self) -> None:
+        """Handlers that take time (10 ms blocking, 50 ms awaiting) at 16 and 128 handlers
+        running at once: the agent, and the peers at the same number of running handlers.
+        Efficiency = tasks/s over what the running handlers allow (slots / handler time)."""
+        with_peers = not (self.args.no_peers or self.args.mode == "smoke")
+        if with_peers:
+            self.results["meta"]["peer_versions"] = peers.ensure_venv(self.h.logdir / "peers-pip.log")
+        out: dict = {}
+        self.runs["realistic"] = out
+        for case, (task, app, seconds, slots, config) in REALISTIC.items():
+            n = self.sizes["realistic"][case]
+            ideal = slots / seconds
+            row: dict = {"task_type": task, "handler_seconds": seconds, "running_handlers": slots,
+                         "ideal_tasks_per_s": round(ideal, 1), "n": n}
+            out[case] = row
+            runs = [("agent", partial(self._realistic_agent, case, n, config, app, task))]
+            if with_peers:  # Dramatiq: 2 processes x slots/2 threads; arq: max_jobs = slots
+                runs += [("dramatiq", partial(peers.run_dramatiq, self.h, n, processes=2, threads=slots // 2,
+                                              task=task, asyncio_actors=task == "sleep50ms")),
+                         ("arq", partial(peers.run_arq, self.h, n, max_jobs=slots, poll_delay=0.05, task=task))]
+            for system, fn in runs:
+                try:
+                    result = fn()
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one broken run must not hide the others
+                    row[system] = {"error": f"{type(exc).__name__}: {exc}"}
+                    self.results["errors"][f"realistic.{case}.{system}"] = row[system]["error"]
+                    continue
+                if result.get("tasks_per_s"):
+                    result["efficiency"] = round(result["tasks_per_s"] / ideal, 3)
+                row[system] = result
 
     def floor(self) -> None:
         n = self.args.n or self.sizes["floor"]
@@ -188,10 +256,14 @@ class Suite:
                 out[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 self.results["errors"][f"peers.{name}"] = out[name]["error"]
 
+    def _realistic_agent(self, case: str, n: int, config: dict, app: str, task: str) -> dict:
+        return self._drain(f"realistic-{case}", n, config, app=app, task_type=task, min_rate=50)[0]
+
     def _single_queue_reference(self) -> dict:
-        """A short single-queue c=128 drain, run just before and just after a scale run:
-        the scale ratio compares with the same minutes (the machine's speed drifts)."""
-        result, _ = self._drain("reference", self.sizes["reference"], 128)
+        """A short single-queue drain (short-task configuration), run just before and just
+        after a scale run: the scale ratio compares with the same minutes (the machine's speed
+        drifts)."""
+        result, _ = self._drain("reference", self.sizes["reference"])
         return {"tasks_per_s": result["tasks_per_s"], "agent_cpu_us_per_task": result["agent_cpu_us_per_task"],
                 "redis_cpu_us_per_task": result["redis_cpu_us_per_task"]}
 
@@ -204,35 +276,36 @@ class Suite:
 
     def scale_pending(self) -> None:
         n = self.args.pending or self.sizes["pending"]
-        self._paired("scale_pending", lambda: self._drain("pending", n, 128, enqueue_procs=2)[0])
+        self._paired("scale_pending", lambda: self._drain("pending", n, enqueue_procs=2)[0])
 
     def scale_queues(self) -> None:
-        # 50 weighted sub-queues of one parent queue: one deployment and one child, as in
+        # 50 weighted sub-queues of one parent queue: one deployment and its children, as in
         # the single-queue run, so the figure isolates dequeueing across 50 queues.
         queues = [(f"bench.q{i:02d}", 1 + i % 10) for i in range(50)]
 
         def run() -> dict:
-            result, _ = self._drain("queues50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
+            result, _ = self._drain("queues50", self.sizes["queues50"], queues=queues, snapshot_at=0.25)
             result["weights"] = "sub-queues bench.q00..bench.q49 of one parent, weight 1 + i % 10"
             return result
 
         self._paired("scale_queues", run)
 
     def scale_queues_parents(self) -> None:
-        # the same 50 queues as separate parent queues: one child pool (one child) each
+        # the same 50 queues as separate parent queues (running the same code, so the agent
+        # may give them one pool: the result's capacity.children says how many children ran)
         queues = [(f"p{i:02d}", 1 + i % 10) for i in range(50)]
-        result, _ = self._drain("parents50", self.sizes["queues50"], 128, queues=queues, snapshot_at=0.25)
-        result["weights"] = "parent queues p00..p49 (a child each), weight 1 + i % 10"
+        result, _ = self._drain("parents50", self.sizes["queues50"], queues=queues, snapshot_at=0.25)
+        result["weights"] = "parent queues p00..p49, weight 1 + i % 10"
         self.runs["scale_queues_parents"] = result
 
     def scale_payload(self) -> None:
-        result, _ = self._drain("payload", self.sizes["big"], 128, task_type="size", kind="big", min_rate=50)
+        result, _ = self._drain("payload", self.sizes["big"], task_type="size", kind="big", min_rate=50)
         result["mb_per_s"] = round(result["tasks_per_s"] * 100_000 / 1e6, 1) if result["tasks_per_s"] else None
         self.runs["scale_payload"] = result
 
     def one_shot(self) -> None:
         startup = agent_runs.startup_costs(self.sizes["startup_reps"])
-        result, _ = self._drain("one-shot", self.sizes["one_shot"], 10, app=SYNC_APP + " --once",
+        result, _ = self._drain("one-shot", self.sizes["one_shot"], ONE_SHOT, app=SYNC_APP + " --once",
                                 mode="one_shot", min_rate=5)
         result["startup"] = startup
         self.runs["one_shot"] = result
@@ -242,18 +315,18 @@ class Suite:
 
     def profile(self) -> None:
         # long enough for a few thousand samples: about 10 s of draining
-        expected = (self.runs.get("drain_c128") or {}).get("tasks_per_s") or 20_000
-        n = self.args.n or min(1_000_000, max(self.sizes["c128"], int(expected * 10)))
+        expected = (self.runs.get("drain_short") or {}).get("tasks_per_s") or 20_000
+        n = self.args.n or min(1_000_000, max(self.sizes["short"], int(expected * 10)))
         seconds = min(30.0, max(2.0, n / expected))
         out: dict = {"tool": self.args.profile, "n": n}
         if self.args.profile == "cprofile":
             self.h.profile_with = "cprofile"
             try:
-                result, _ = self._drain("c128-cprofile", n, 128)
+                result, _ = self._drain("short-cprofile", n)
             finally:
                 self.h.profile_with = ""
             out["drain_under_profiler"] = result
-            out["agent"] = profiling.summarize_pstats(self.h.logdir / "agent-c128-cprofile.pstats")
+            out["agent"] = profiling.summarize_pstats(self.h.logdir / "agent-short-cprofile.pstats")
             self.runs["profile"] = out
             return
         if self.args.profile == "syscalls":
@@ -269,12 +342,12 @@ class Suite:
 
         def attach(agent) -> None:
             spies["agent"] = profiling.Spy(self.h, binary, agent.pid, "agent", seconds)
-            children = agent.children()
+            children = agent.task_child_pids()
             if children:
-                spies["child"] = profiling.Spy(self.h, binary, children[0].pid, "child", seconds)
+                spies["child"] = profiling.Spy(self.h, binary, children[0], "child", seconds)
 
         try:
-            result, _ = self._drain("c128-py-spy", n, 128, on_running=attach)
+            result, _ = self._drain("short-py-spy", n, on_running=attach)
             out["drain_under_profiler"] = result
         finally:
             for who, spy in spies.items():
@@ -289,12 +362,12 @@ class Suite:
 
         def attach(agent) -> None:
             counters["agent"] = profiling.SyscallCount(self.h, agent.pid, "agent")
-            children = agent.children()
+            children = agent.task_child_pids()
             if children:
-                counters["child"] = profiling.SyscallCount(self.h, children[0].pid, "child")
+                counters["child"] = profiling.SyscallCount(self.h, children[0], "child")
 
         try:
-            result, _ = self._drain("c128-syscalls", n, 128, on_running=attach)
+            result, _ = self._drain("short-syscalls", n, on_running=attach)
             out["drain_under_profiler"] = result
         finally:
             for who, counter in counters.items():

@@ -18,8 +18,13 @@ def test_benchmark_suite_smoke_run(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert not results["errors"], results["errors"]
-    for section in ("drain_c128", "floor", "enqueue"):
+    for section in ("drain_short", "drain_async", "realistic", "floor", "enqueue"):
         assert section in results["runs"], section
-    drain = results["runs"]["drain_c128"]
+    drain = results["runs"]["drain_short"]
     assert drain["tasks_per_s"] > 0 and drain["n"] > 0
+    # every agent run states its configuration in the capacity model's terms
+    for key in ("concurrency", "processes", "threads", "async_limit", "prefetch", "children", "slots"):
+        assert key in drain["capacity"], key
+    for case in results["runs"]["realistic"].values():
+        assert case["agent"]["tasks_per_s"] > 0 and case["agent"]["efficiency"] > 0
     assert "Traceback" not in run.stdout + run.stderr
