@@ -323,9 +323,10 @@ def drain(h: Harness, name: str, *, n: int, setup: AgentSetup, task_type: str = 
         system_after, own_after = system_busy_seconds(), own_cpu()
         child_pids, slots = agent.task_children()
         children = None if child_pids is None else len(child_pids)
-        # RSS of the task children (one_shot, or /status silent: of every descendant)
+        # RSS of the task children as /status lists them (none between one_shot tasks); of
+        # every descendant when /status cannot say
         task_rss = (sum(after.children_rss.get(pid, 0) for pid in child_pids)
-                    if child_pids else sum(after.children_rss.values()))
+                    if child_pids is not None else sum(after.children_rss.values()))
         before, redis_before = first["tree"], first["redis"]
         seconds = progress.t_last - progress.t_first
         done = progress.c_last - progress.c_first
