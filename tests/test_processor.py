@@ -234,3 +234,24 @@ async def test_many_queues_take_whole_batches_in_weighted_odds(redis_url, r):
         await wait_for(lambda: len(order) >= 2000, timeout=60)
     share = Counter(order[:2000])["q0"] / 2000  # every queue still has a backlog here
     assert abs(share - 0.5) < 0.1, share
+
+
+async def test_a_failing_fetch_loop_is_reported_until_it_recovers(redis_url, r):
+    class Flaky(InlineExecutor):
+        broken = True
+
+        def placeable(self, room):
+            if self.broken:
+                raise RuntimeError("placement exploded")
+            return int(min(room, 10))
+
+    async def ok(payload, task):
+        return "ok"
+
+    executor = Flaky({"ok": ok})
+    async with Harness(redis_url, {"default": 1}, executor) as h:
+        await wait_for(lambda: h.processor.loop_error == "RuntimeError: placement exploded")
+        await h.broker.enqueue("ok", b"", task_id="A", retention=60)
+        executor.broken = False
+        await wait_for(lambda: r.zcard(keys.completed("default")) == 1, timeout=5)
+        assert h.processor.loop_error == ""

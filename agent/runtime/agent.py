@@ -296,6 +296,8 @@ class Agent:
             await asyncio.wait_for(self.redis.ping(), 0.5)  # refused at once, retried inside
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             reasons.append(f"redis unreachable: {type(exc).__name__}")
+        if self.processor.loop_error:
+            reasons.append(f"task fetching is failing: {self.processor.loop_error}")
         if self.lifecycle.state == State.READY and time.monotonic() - self.processor.last_dequeue_ok > 10:
             reasons.append("no successful dequeue in the last 10s")
         for name, executor in self.pools().items():

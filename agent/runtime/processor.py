@@ -108,7 +108,8 @@ class Processor:
         self._budget: dict[int, int] = {}  # id(executor) -> tasks it can take now
         self.requeued = 0  # tasks given back to their queue (requeue outcomes written)
         self._recording = 0  # tasks whose handler is done and whose outcome is being written
-        self._min_fetch = max(1, min(batch, concurrency // 8))
+        self._most_room = 1  # the most tasks the executors could take at once (seen so far)
+        self.loop_error: str = ""  # the last error of the fetch loop, while it persists
         self._took_last = False
         self._waited_for_slots = False
         self._rng = random.Random()
@@ -163,7 +164,9 @@ class Processor:
         while self.fetching:
             try:
                 await self._step()
-            except Exception:  # noqa: BLE001 - a bug here must not silently stop all work
+                self.loop_error = ""
+            except Exception as exc:  # noqa: BLE001 - a bug here must not silently stop all work
+                self.loop_error = f"{type(exc).__name__}: {exc}"  # readiness reports it
                 log.exception("processor loop error; continuing in 1s")
                 await asyncio.sleep(1.0)
         self._stopped.set()
@@ -173,7 +176,11 @@ class Processor:
             for queue in self.queues:
                 self._executor(queue)
         free = self._measure_room()
-        if free <= 0 or (free < self._min_fetch and self._took_last and not self._waited_for_slots):
+        # A fetch under load waits briefly to take at least 1/8 of what the executors can
+        # hold at once (their slots and prefetch, not worker.concurrency, which they may lack)
+        self._most_room = most = max(self._most_room, free)
+        min_fetch = max(1, min(self.batch, most // 8))
+        if free <= 0 or (free < min_fetch and self._took_last and not self._waited_for_slots):
             # Under load, let a few slots free up so one round trip takes several tasks; a
             # short wait at most, and never when idle (then every slot is free anyway).
             self._slot_freed.clear()
