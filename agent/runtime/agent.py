@@ -62,6 +62,10 @@ class Agent:
         self.settings = settings
         self.executors = dict(executors)  # by parent queue; queues of one deployment share one
         self.capacity = capacity or Capacity(settings.concurrency)
+        by_id: dict[int, tuple[list[str], Executor]] = {}  # each executor once, with its queues
+        for name, executor in self.executors.items():
+            by_id.setdefault(id(executor), ([], executor))[0].append(name)
+        self._pools = {",".join(names): executor for names, executor in by_id.values()}
         self.observer = observer or Observer()
         self.lifecycle = Lifecycle()
         self.identity = Identity()
@@ -117,12 +121,7 @@ class Agent:
 
     def pools(self) -> dict[str, Executor]:
         """Each distinct executor once, named by the parent queues it serves."""
-        names: dict[int, list[str]] = {}
-        distinct: dict[int, Executor] = {}
-        for name, executor in self.executors.items():
-            names.setdefault(id(executor), []).append(name)
-            distinct[id(executor)] = executor
-        return {",".join(names[key]): executor for key, executor in distinct.items()}
+        return self._pools
 
     @property
     def slots(self) -> int:

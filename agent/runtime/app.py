@@ -59,7 +59,8 @@ async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[s
     from agent.bootstrap.deploy import deploy
 
     out = {}
-    done: list[tuple[DeploymentSpec, Deployment]] = []  # queues with the same code deploy once
+    # queues whose specs are the same but for the queue deploy once and share the Deployment
+    done: list[tuple[DeploymentSpec, Deployment]] = []
     for parent, spec in specs.items():
         same = replace(spec, queue="")
         found = next((d for s, d in done if s == same), None)
@@ -75,16 +76,15 @@ async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[s
 
 def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
                 capacity: Capacity) -> dict:
-    """One pool per deployment: parent queues that run the same code (same checkout,
-    command, environment and mode) share its children, so 2,000 queues cost no more
-    processes than one. Returns the pool of each parent queue."""
+    """One pool per deployment: parent queues whose specs are the same (``deploy_all`` gave
+    them one ``Deployment``) share its children, so 2,000 queues cost no more processes than
+    one. Returns the pool of each parent queue."""
     pools: dict[str, Any] = {}
-    shared: dict[tuple, Any] = {}
+    shared: dict[int, Any] = {}  # id(Deployment) -> its pool
     worker, deployment = config.worker, config.deployment
     for parent, spec in plan.specs.items():
         dep = deployments[parent]
-        key = (str(dep.code_dir), str(dep.venv_dir), spec.startup_cmd, spec.mode, spec.processes,
-               tuple(sorted((str(k), str(v)) for k, v in {**spec.env_vars, **spec.secrets}.items())))
+        key = id(dep)
         if key in shared:
             pools[parent] = shared[key]
             continue

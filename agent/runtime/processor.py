@@ -24,6 +24,7 @@ from agent.runtime.leases import LeaseKeeper
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
 from agent.supervisor.health import Capacity
 from agent.supervisor.outcome import Executor, Outcome
+from agent.supervisor.pool import wait_unless_hurried
 
 log = logging.getLogger("agent.runtime")
 
@@ -113,6 +114,8 @@ class Processor:
         self._took_last = False
         self._waited_for_slots = False
         self._rng = random.Random()
+        for queue in self.queues:  # every executor in the room count and the drain from the start
+            self._executor(queue)
 
     # -- fetch loop ---------------------------------------------------------------------
 
@@ -172,9 +175,6 @@ class Processor:
         self._stopped.set()
 
     async def _step(self) -> None:
-        if len(self._executors) < len(self.queues):
-            for queue in self.queues:
-                self._executor(queue)
         free = self._measure_room()
         # A fetch under load waits briefly to take at least 1/8 of what the executors can
         # hold at once (their slots and prefetch, not worker.concurrency, which they may lack)
@@ -390,10 +390,7 @@ class Processor:
             return
         if entry.interrupted == "cancelled" and outcome.kind != "success":
             outcome = Outcome("retry", error=CANCELED_ERROR)
-        entry.recording = True
-        self._recording += 1
-        if outcome.kind == "requeue":
-            self.requeued += 1
+        self._recording_starts(entry, outcome)
         if outcome.kind == "success" and self._lane_open and task.message and not task.message.retention:
             self._to_delete(entry, outcome)
             return
@@ -405,6 +402,14 @@ class Processor:
             return
         self.broker.write_outcome_soon(
             task, call, lambda error: self._written(entry, outcome, state, error))
+
+    def _recording_starts(self, entry: InFlight, outcome: Outcome) -> None:
+        """The outcome is being written: too late to interrupt, and the task keeps its
+        place in the room count until it is written (``_finish_many``)."""
+        entry.recording = True
+        self._recording += 1
+        if outcome.kind == "requeue":
+            self.requeued += 1
 
     def _to_delete(self, entry: InFlight, outcome: Outcome) -> None:
         """The common success (no retention): collected per queue, written for all of this
@@ -481,10 +486,7 @@ class Processor:
             if entry.interrupted in ("abandoned", "requeued"):
                 self.observer.task_dropped(task)
                 return
-            entry.recording = True
-            self._recording += 1
-            if outcome.kind == "requeue":
-                self.requeued += 1
+            self._recording_starts(entry, outcome)
             state = await self._record(task, outcome)
             self.observer.task_finished(task, outcome, state, time.monotonic() - entry.started)
         except asyncio.CancelledError:
@@ -626,12 +628,9 @@ class Processor:
         # In-process executor: wait for its tasks, then interrupt them (drain() requeues).
         if self.in_flight:
             self._all_done.clear()
-            waits = [asyncio.ensure_future(self._all_done.wait())]
-            if hurry is not None:
-                waits.append(asyncio.ensure_future(hurry.wait()))
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            for t in waits:
-                t.cancel()
+            all_done = asyncio.ensure_future(self._all_done.wait())
+            await wait_unless_hurried(all_done, timeout, hurry)
+            all_done.cancel()
 
     def running_tasks(self) -> list[DequeuedTask]:
         """Tasks whose handler runs now (not waiting in a child for a slot)."""

@@ -101,18 +101,26 @@ class ChildPool(ABC):
             return Outcome("requeue", error=str(exc))
 
 
+async def wait_unless_hurried(done: asyncio.Future[Any], timeout: float,
+                              hurry: asyncio.Event | None) -> None:
+    """Wait up to ``timeout`` for ``done``, less if ``hurry`` is set first (a second stop
+    signal); ``done`` itself is left running."""
+    waits: list[asyncio.Future[Any]] = [done]
+    if hurry is not None:
+        waits.append(asyncio.ensure_future(hurry.wait()))
+    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits[1:]:
+        wait.cancel()
+
+
 async def wait_then_kill(children: list[Child], timeout: float, hurry: asyncio.Event | None) -> None:
     """Wait up to ``timeout`` for the children to exit (``hurry`` cuts it short), SIGKILL
     those left, and wait (2 s at most) until they have exited."""
     exits = asyncio.ensure_future(asyncio.gather(*(c.wait_exited() for c in children)))
-    waits: list[asyncio.Future[Any]] = [exits]
-    if hurry is not None:
-        waits.append(asyncio.ensure_future(hurry.wait()))
-    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    await wait_unless_hurried(exits, timeout, hurry)
     for child in children:
         child.kill("the agent's shutdown timeout passed")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(exits), 2.0)
-    for wait in waits:
-        wait.cancel()
+    exits.cancel()
 
