@@ -19,12 +19,15 @@ APPS = Path(__file__).parent / "apps"
 
 def local_config(tmp: Path, redis_url: str, queues, *, concurrency: int = 10, strict: bool = False,
                  startup_cmd: str = "python e2e_worker.py", app_dir: Path = APPS, extra_env=None,
-                 shutdown_timeout: str = "5s", processes: int = 1, **deployment) -> tuple[Path, int]:
+                 shutdown_timeout: str = "5s", processes: int | str = 1, worker=None,
+                 **deployment) -> tuple[Path, int]:
+    """A local-mode config file; ``worker`` and ``deployment`` keys go into their sections
+    as given (over the defaults here)."""
     port = free_port()
     config = {
         "redis": {"url": redis_url},
         "worker": {"queues": queues, "concurrency": concurrency, "strict_priority": strict,
-                   "shutdown_timeout": shutdown_timeout},
+                   "shutdown_timeout": shutdown_timeout, **(worker or {})},
         "deployment": {"dir": str(tmp / "deployment"), "path": str(app_dir), "startup_cmd": startup_cmd,
                        "venv": "none", "processes": processes, "env_vars": extra_env or {},
                        **deployment},

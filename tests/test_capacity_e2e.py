@@ -21,16 +21,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from agent.broker import keys
 from agent.client import Client
 from agent.inspect import Inspector
-from agent.local_redis import free_port
 from tests.agentproc import (
     APPS,
     AgentProcess,
     kill_processes,
+    local_config,
     pid_alive,
     processes_marked,
     spawn_agent,
@@ -47,22 +46,14 @@ def capacity_config(tmp: Path, redis_url: str, *, queues=("default",), env=None,
                     worker=None, deployment=None) -> tuple[Path, int]:
     """A local-mode config running capacity_worker.py; ``worker`` and ``deployment`` are
     merged into their sections as given (new keys included)."""
-    port = free_port()
     env_vars = dict(env or {})
     if os.environ.get("PYTHONPATH"):  # children import the same agent and task_sdk as we do
         env_vars.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
-    config = {
-        "redis": {"url": redis_url},
-        "worker": {"queues": list(queues), "shutdown_timeout": "5s", **(worker or {})},
-        "deployment": {"dir": str(tmp / "deployment"), "path": str(APPS),
-                       "startup_cmd": f"python {WORKER}", "venv": "none", "env_vars": env_vars,
-                       **(deployment or {})},
-        "ops": {"listen": f"127.0.0.1:{port}"},
-        "logging": {"level": "info", "format": "json"},
-    }
-    path = tmp / f"agent-{port}.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path, port
+    deployment = dict(deployment or {})
+    return local_config(tmp, redis_url, list(queues), startup_cmd=f"python {WORKER}",
+                        app_dir=APPS, extra_env=env_vars,
+                        processes=deployment.pop("processes", "auto"), worker=worker,
+                        **deployment)
 
 
 class Harness:
