@@ -39,6 +39,19 @@ def local_config(tmp: Path, redis_url: str, queues, *, concurrency: int = 10, st
     return path, port
 
 
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true, and return that; AssertionError
+    after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"{what}: not met within {timeout}s")
+        time.sleep(interval)
+
 class AgentProcess:
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.config, self.port, self.log_path = config, port, log

@@ -33,6 +33,7 @@ from tests.agentproc import (
     pid_alive,
     processes_marked,
     spawn_agent,
+    wait_until,
 )
 
 MARK = "CAPACITY_E2E_MARK"  # in every child's environment: finds them and what they start
@@ -130,17 +131,6 @@ def harness(tmp_path, redis_url):
 def client(redis_url):
     with Client(redis_url) as c:
         yield c
-
-
-def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(f"{what}: not met within {timeout}s")
-        time.sleep(interval)
 
 
 def max_overlap(runs) -> int:

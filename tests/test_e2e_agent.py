@@ -12,7 +12,7 @@ import pytest
 
 from agent.broker import DuplicateTaskError, keys
 from agent.client import Client
-from tests.agentproc import AgentProcess, local_config
+from tests.agentproc import AgentProcess, local_config, wait_until
 
 
 @pytest.fixture
@@ -34,15 +34,6 @@ def start_agent(tmp_path, redis_url):
     yield start
     for agent in agents:
         agent.stop()
-
-
-def wait_until(predicate, timeout=30.0, interval=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_weighted_queues_complete_with_results(start_agent, client, r):

@@ -27,17 +27,7 @@ from agent.broker.options import EnqueueOptions
 from agent.client import Client
 from agent.config import load_config
 from agent.local_redis import LocalRedis, find_redis_server, free_port
-from tests.agentproc import AgentProcess, local_config
-
-
-def wait_until(predicate, timeout=30.0, interval=0.1, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout}s")
-
+from tests.agentproc import AgentProcess, local_config, wait_until
 
 # -- every script touches one slot ---------------------------------------------------------
 

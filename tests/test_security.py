@@ -33,6 +33,7 @@ from agent.config import DEFAULT_OPS_LISTEN, ConfigError, load_config
 from agent.local_redis import LocalRedis, free_port
 from server.auth import authenticate
 from server.queues import ApiKey
+from tests.agentproc import wait_until
 from tests.test_deploy import GitHTTPServer, commit, git
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,15 +63,6 @@ if __name__ == "__main__":
 
 def _secret(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(12)}"
-
-
-def wait_until(predicate, timeout=30.0, interval=0.1, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout}s")
 
 
 class Leaks:
