@@ -70,7 +70,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 1
 
 
 def run_demo(keep: bool = False) -> int:
-    from server import ServerThread, create_app, parse_queues
+    from agent.server import ServerThread, create_app, parse_queues
 
     workdir = Path(tempfile.mkdtemp(prefix="rundown-demo-"))
     worker_key, client_key = secrets.token_hex(16), secrets.token_hex(16)

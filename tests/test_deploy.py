@@ -42,7 +42,7 @@ from agent.config.model import (
     ServerConfig,
     WorkerConfig,
 )
-from server import ServerThread, create_app, parse_queues
+from agent.server import ServerThread, create_app, parse_queues
 
 REAL_GIT = shutil.which("git")
 TOKEN = "tok-4f9a1c2b7e3d5a6f"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent.local_redis import free_port
-from server import ServerThread, create_app, parse_queues
+from agent.server import ServerThread, create_app, parse_queues
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tasks"
 WORKER_KEY = "worker-key-0123456789abcdef"

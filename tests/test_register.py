@@ -35,7 +35,7 @@ from agent.config.model import (
     WorkerConfig,
 )
 from agent.local_redis import free_port
-from server import ServerThread, create_app, parse_queues
+from agent.server import ServerThread, create_app, parse_queues
 
 WORKER_KEY = "worker-key-0123456789"
 CLIENT_KEY = "client-key-0123456789"

@@ -31,8 +31,8 @@ from agent.broker import keys
 from agent.client import Client
 from agent.config import DEFAULT_OPS_LISTEN, ConfigError, load_config
 from agent.local_redis import LocalRedis, free_port
-from server.auth import authenticate
-from server.queues import ApiKey
+from agent.server.auth import authenticate
+from agent.server.queues import ApiKey
 from tests.agentproc import wait_until
 from tests.test_deploy import GitHTTPServer, commit, git
 
@@ -120,7 +120,7 @@ def system(tmp_path):
     server_log = tmp_path / "server.log"
     with open(server_log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "--queues", str(queues_file), "--listen",
+            [sys.executable, "-m", "agent.server.cli", "--queues", str(queues_file), "--listen",
              f"127.0.0.1:{server_port}", "--log-level", "debug", "--log-format", "json",
              "--access-log"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     server_url = f"http://127.0.0.1:{server_port}"
@@ -375,7 +375,7 @@ def test_control_server_compares_every_key_in_constant_time(monkeypatch):
         calls.append(1)
         return real(a, b)
 
-    monkeypatch.setattr("server.auth.hmac.compare_digest", counting)
+    monkeypatch.setattr("agent.server.auth.hmac.compare_digest", counting)
     api_keys = [ApiKey(f"k{i}", Secret(f"key-{i}-0123456789abcdef"), "client") for i in range(4)]
     assert authenticate(api_keys, "key-0-0123456789abcdef").name == "k0"
     assert len(calls) == 4  # no early exit on the first match

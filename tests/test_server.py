@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 
 from agent.broker import Broker, keys
 from agent.client import Client
-from server import ServerThread, create_app, parse_queues
-from server.queues import QueuesFileError, load_queues_file, parse_seconds
+from agent.server import ServerThread, create_app, parse_queues
+from agent.server.queues import QueuesFileError, load_queues_file, parse_seconds
 
 with warnings.catch_warnings():  # Starlette suggests httpx2 for its TestClient; httpx works
     warnings.simplefilter("ignore")
@@ -384,7 +384,7 @@ def test_cli_process(tmp_path, redis_url):
     path.write_text(json.dumps(queues_doc()))  # JSON is YAML
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "--queues", str(path), "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "agent.server.cli", "--queues", str(path), "--listen", "127.0.0.1:0",
          "--redis", redis_url, "--log-format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         cwd=Path(__file__).resolve().parent.parent)
@@ -406,7 +406,7 @@ def test_cli_process(tmp_path, redis_url):
 def test_cli_bad_queues_file(tmp_path):
     path = tmp_path / "queues.yml"
     path.write_text("queues: {}\n")
-    done = subprocess.run([sys.executable, "-m", "server.cli", "--queues", str(path), "--check"],
+    done = subprocess.run([sys.executable, "-m", "agent.server.cli", "--queues", str(path), "--check"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 2
     assert "api_keys: is required" in done.stderr and "queues: is required" in done.stderr

@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document served at ``/openapi.json`` (written by hand, kept next to the
-routes in ``server.app``; ``tests/test_server.py`` checks that every route is described)."""
+routes in ``agent.server.app``; ``tests/test_server.py`` checks that every route is described)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from server.queues import ApiKey
+from agent.server.queues import ApiKey
 
 __all__ = ["ALLOWED", "Caller", "authenticate", "presented_key"]
 

@@ -20,9 +20,9 @@ import uvicorn
 
 from agent import __version__
 from agent.logs import redact_url, setup_logging
-from server.app import create_app
-from server.queues import QueuesFileError, load_queues_file
-from server.runner import bind_socket
+from agent.server.app import create_app
+from agent.server.queues import QueuesFileError, load_queues_file
+from agent.server.runner import bind_socket
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 """Run an ASGI app with uvicorn: in the foreground (the CLI) or in a background thread (demos
 and tests).
 
-    from server import ServerThread, create_app, load_queues_file
+    from agent.server import ServerThread, create_app, load_queues_file
 
     settings = load_queues_file("queues.yml", redis_url="redis://127.0.0.1:6379/0")
     with ServerThread(create_app(settings)) as srv:     # a free loopback port

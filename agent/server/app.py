@@ -48,9 +48,9 @@ from agent.broker.errors import TaskNotFoundError
 from agent.broker.options import EnqueueResult
 from agent.broker.taskinfo import FINAL_STATES, TaskInfo
 from agent.logs import redact, redact_url
-from server.auth import ALLOWED, authenticate, presented_key
-from server.openapi import openapi_document
-from server.queues import QueueDef, ServerSettings
+from agent.server.auth import ALLOWED, authenticate, presented_key
+from agent.server.openapi import openapi_document
+from agent.server.queues import QueueDef, ServerSettings
 
 __all__ = ["create_app", "redis_block"]
 
