@@ -17,6 +17,7 @@ import yaml
 
 from agent.config.placeholders import expand_text
 
+from .bounded_yaml import YamlFileError, read_yaml_file
 from .errors import ConfigError, Problem
 
 __all__ = ["FAILED", "Findings", "apply_overrides", "expand_placeholders", "read_yaml"]
@@ -80,38 +81,14 @@ def unknown_key(key: str, known: Iterable[str], what: str = "key") -> str:
 
 
 def read_yaml(path: Path, findings: Findings) -> Any:
-    """Parse the file and index the line of every key; fatal problems raise :class:`ConfigError`."""
+    """Parse the file (bounded: see :mod:`.bounded_yaml`) and index the line of every key;
+    fatal problems raise :class:`ConfigError`."""
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(label, "file not found")], label) from None
-    except IsADirectoryError:
-        raise ConfigError([Problem(label, "is a directory, not a config file")], label) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([Problem(label, f"cannot read the file: {reason}")], label) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_syntax_problem(label, exc)], label) from None
-    except yaml.YAMLError as exc:  # pragma: no cover - every parser error carries a mark
-        raise ConfigError([Problem(label, f"YAML syntax error: {exc}")], label) from None
-    if root is not None:
-        _index(root, "", findings)
-    return data
-
-
-def _syntax_problem(label: str, exc: yaml.MarkedYAMLError) -> Problem:
-    # Built from the problem text and mark only: PyYAML's str() quotes the offending line,
-    # which may hold a secret.
-    mark = exc.problem_mark or exc.context_mark
-    what = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-    if mark is None:  # pragma: no cover
-        return Problem(label, f"YAML syntax error: {what}")
-    return Problem(f"{label}:{mark.line + 1}:{mark.column + 1}",
-                   f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {what}")
+        return read_yaml_file(path, inspect=lambda root: _index(root, "", findings))
+    except YamlFileError as exc:
+        where = exc.where if exc.syntax else label
+        raise ConfigError([Problem(where, exc.reason)], label) from None
 
 
 def _index(node: yaml.Node, path: str, findings: Findings) -> None:

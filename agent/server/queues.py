@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from agent.config.bounded_yaml import YamlFileError, read_yaml_file
 from agent.config.model import Secret
 from agent.config.placeholders import expand_text
 from agent.logs import register_secret
@@ -105,15 +104,11 @@ def load_queues_file(path: Path | str, environ: Mapping[str, str] | None = None,
     """Read and validate a queues file; ``overrides`` set ServerSettings fields (from the CLI)."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise QueuesFileError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise QueuesFileError(str(path), [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        data = read_yaml_file(path)
+    except YamlFileError as exc:
+        where = f" (line {exc.line}, column {exc.column})" if exc.line is not None else ""
+        problem = f"not valid YAML{where}: {exc.problem}" if exc.syntax else exc.reason
+        raise QueuesFileError(str(path), [problem]) from None
     return parse_queues(data, source=str(path), environ=environ, **overrides)
 
 
