@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -79,13 +80,15 @@ class Agent:
         # kills every process our children started if we die, SIGKILL included
         self.reaper = Reaper(process_marks().token)
 
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 3)
+        # redis.asyncio clients take redis.asyncio.retry.Retry (a sync Retry is converted, with a
+        # warning); the lease thread's blocking client takes redis.retry.Retry.
         common = dict(socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
-                      health_check_interval=15, retry=retry, **settings.redis_kwargs)
+                      health_check_interval=15, **settings.redis_kwargs)
+        retry = AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3)
         # Standalone, TLS, Cluster or Sentinel, as the URL says (agent/broker/connection.py).
-        self.redis = connection.async_client(settings.redis_url, **common)
+        self.redis = connection.async_client(settings.redis_url, retry=retry, **common)
         # Blocking waits need a socket timeout above their own block time.
-        self.waiter_redis = connection.async_client(settings.redis_url, **common)
+        self.waiter_redis = connection.async_client(settings.redis_url, retry=retry, **common)
         # The lease thread renews every few seconds on its own: a call must fail fast rather than
         # retry inside redis-py, whose nested retries (command x reconnect x health check) held
         # a renewal for minutes on a stalled network, long past the 30 s lease.
