@@ -62,6 +62,8 @@ class ServerConfig:
 
     url: str | None = None  #: base URL; ``/worker/register`` is appended
     api_key: Secret | None = None  #: sent as ``Authorization: Bearer <key>``
+    #: Redis rejections of the same credentials from the server before the agent exits (code 3); 0 = never
+    redis_auth_attempts: int = 2
 
 
 @dataclass(frozen=True, slots=True)

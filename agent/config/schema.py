@@ -48,6 +48,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
     "server": (ServerConfig, {
         "url": Field(f.simple(parse_http_url)),
         "api_key": Field(f.secret, secret=True),
+        "redis_auth_attempts": Field(f.integer(0)),
     }),
     "worker": (WorkerConfig, {
         "queues": Field(f.queues, env="list"),
