@@ -1,9 +1,16 @@
 """The child's private protocol channel, isolated from everything user code can print.
 
-At start-up the SDK duplicates the original stdout (fd 1) and stdin (fd 0) to private file
-descriptors and keeps the protocol there. Then fd 1 and ``sys.stdout`` are pointed at stderr and
-fd 0 at ``/dev/null``, so ``print()``, a C extension writing to fd 1, or a library calling
-``input()`` can neither corrupt nor stall nor steal protocol lines.
+Under rundown-agent (``RUNDOWN_PROTOCOL_FDS`` names two pipes the agent passed), the SDK
+duplicates those pipes to private, non-inheritable descriptors, closes the originals, unsets
+the variable and announces the channel on it (``{"status": "channel"}``). Only this channel
+carries requests and answers: whatever else the process writes, to fd 1 or anywhere, is
+output the agent logs, never an answer. Without the variable (an agent from before the
+private channel, or a test speaking over stdin/stdout), the channel is a private duplicate
+of the original stdout (fd 1) and stdin (fd 0).
+
+Either way, fd 1 and ``sys.stdout`` are then pointed at stderr and fd 0 at ``/dev/null``, so
+``print()``, a C extension writing to fd 1, or a library calling ``input()`` can neither
+corrupt nor stall nor steal protocol lines.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from collections import deque
 TYPE_CHECKING = False  # typing stays unimported: child start-up cost
 if TYPE_CHECKING:
     from typing import Any
+
+PROTOCOL_VERSION = 1
+FDS_VARIABLE = "RUNDOWN_PROTOCOL_FDS"
+"""``"<read fd>,<write fd>"``: the pipes the agent passed for requests and answers."""
 
 
 class ProtocolChannel:
@@ -84,8 +95,12 @@ def protocol_channel() -> ProtocolChannel:
     if _channel is None:
         with contextlib.suppress(OSError, ValueError):  # a closed stdout: nothing to save
             sys.stdout.flush()
-        write_fd = os.dup(1)
-        read_fd = os.dup(0)
+        private = _take_private_fds()
+        if private is not None:
+            read_fd, write_fd = private
+        else:
+            write_fd = os.dup(1)
+            read_fd = os.dup(0)
         os.dup2(2, 1)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -94,7 +109,33 @@ def protocol_channel() -> ProtocolChannel:
         os.set_inheritable(read_fd, False)
         sys.stdout = sys.stderr
         _channel = ProtocolChannel(read_fd, write_fd)
+        if private is not None:  # tells the agent this child answers here, not on stdout
+            _channel.send({"status": "channel", "protocol": PROTOCOL_VERSION})
     return _channel
+
+
+def _take_private_fds() -> tuple[int, int] | None:
+    """The agent's request and answer pipes as private duplicates (the passed descriptors
+    are closed and the variable unset, so nothing this process starts inherits them), or
+    None when there are none or they are unusable (then stdin/stdout carry the protocol)."""
+    raw = os.environ.pop(FDS_VARIABLE, None)
+    if raw is None:
+        return None
+    try:
+        read_fd, write_fd = (int(part) for part in raw.split(","))
+        if min(read_fd, write_fd) <= 2 or read_fd == write_fd:
+            raise ValueError("two distinct descriptors above 2 expected")
+        os.fstat(read_fd)
+        os.fstat(write_fd)
+    except (ValueError, OSError) as exc:
+        print(f"task_sdk: ignoring {FDS_VARIABLE}={raw!r} ({exc}); the protocol uses "
+              "stdin/stdout", file=sys.stderr, flush=True)
+        return None
+    private = os.dup(read_fd), os.dup(write_fd)
+    for fd in (read_fd, write_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return private
 
 
 def under_agent() -> bool:

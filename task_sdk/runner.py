@@ -15,7 +15,7 @@ from collections import namedtuple
 from collections.abc import Awaitable
 
 from . import registry
-from .channel import ProtocolChannel, protocol_channel
+from .channel import PROTOCOL_VERSION, ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
     from typing import Any
-
-PROTOCOL_VERSION = 1
 
 ANSWER_BATCH = 64  # answers written together at most (inline mode)
 ANSWER_HOLD = 0.001  # seconds an answer may wait for others (inline mode)

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from agent.supervisor.channel import PrivateChannel
 from agent.supervisor.health import Capacity, CrashSuspects
 from agent.supervisor.launch import ChildSpec, rlimit_setter
 from agent.supervisor.outcome import Outcome
@@ -114,9 +115,13 @@ class Child(ChildOutput):
         self._cancelled: set[str] = set()
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
+        self._private: PrivateChannel | None = None  # task_sdk's request and answer pipes
+        self.channel = "pending"  # which stream carries the protocol (ChildOutput)
+        self._requests: asyncio.WriteTransport | None = None  # stdin or the private pipe
         self._outbox: list[bytes] = []
         self._reading = False  # inside _stdout_data: one "free" notice for all its answers
         self._stdout = LineSplitter(spec.line_limit)
+        self._answers = LineSplitter(spec.line_limit)
         self._stderr = LineSplitter(STDERR_LINE_LIMIT)
         self._stdout_eof = asyncio.Event()
         self._stderr_eof = asyncio.Event()
@@ -142,19 +147,27 @@ class Child(ChildOutput):
         marks = process_marks().for_child()  # its descendants inherit them (reaper.py)
         self.mark = marks.key
         try:
-            await loop.subprocess_exec(
-                lambda: _Pipes(self),
-                *spec.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=spec.cwd,
-                env={**spec.process_env(), **marks.env},
-                start_new_session=True,  # own process group: stopping it stops its children
-                # killed by the kernel if the agent dies; the reaper takes the descendants
-                preexec_fn=pdeathsig_preexec(rlimit_setter(spec) if self.one_shot else None),
-            )
+            self._private = private = PrivateChannel()
+            await private.connect(self._channel_data, self._channel_closed)
+            try:
+                await loop.subprocess_exec(
+                    lambda: _Pipes(self),
+                    *spec.argv,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=spec.cwd,
+                    env={**spec.process_env(), **marks.env, **private.env()},
+                    pass_fds=private.pass_fds,
+                    start_new_session=True,  # own process group: stopping it stops its children
+                    # killed by the kernel if the agent dies; the reaper takes the descendants
+                    preexec_fn=pdeathsig_preexec(rlimit_setter(spec) if self.one_shot else None),
+                )
+            finally:
+                private.spawned()
         except (OSError, subprocess.SubprocessError) as exc:
+            if self._private is not None:
+                self._private.close()
             self._never_started()
             raise ChildStartupError(
                 f"cannot start {spec.argv[0]!r} in {str(spec.cwd)!r}: {exc}"
@@ -192,6 +205,17 @@ class Child(ChildOutput):
         if self.state == "starting":
             self.state = "ready"
         log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, ledger.slots)
+
+    def _use_channel(self, channel: str) -> None:
+        """The child speaks the protocol on ``channel`` ("private" or "stdout") from now on;
+        a runqy-style child's private pipes are let go."""
+        self.channel = channel
+        if channel == "private" and self._private is not None:
+            self._requests = self._private.writer
+        else:
+            self._requests = self._stdin
+            if self._private is not None:
+                self._private.close()
 
     def _never_started(self) -> None:
         self.state = "exited"
@@ -269,10 +293,10 @@ class Child(ChildOutput):
         self.tasks_started += 1
         if self.ledger.hold(request, on_outcome, time.time()) and self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
-        assert self._stdin is not None
+        assert self._requests is not None
         if self.one_shot:
-            self._stdin.write(encode_request(request))
-            self._stdin.close()  # flushes, then closes: the child sees end of input
+            self._requests.write(encode_request(request))
+            self._requests.close()  # flushes, then closes: the child sees end of input
         else:
             self._send(encode_request(request))
         limit = self.spec.max_tasks_per_child
@@ -303,9 +327,9 @@ class Child(ChildOutput):
         return self._send_cancel(task_id)
 
     def _send_cancel(self, task_id: str) -> bool:
-        if self.ready is None or not self.ready.protocol or self._stdin is None:
+        if self.ready is None or not self.ready.protocol or self._requests is None:
             return False
-        if self._stdin.is_closing():
+        if self._requests.is_closing():
             return False
         self._send(encode_cancel(task_id))
         return True
@@ -320,8 +344,8 @@ class Child(ChildOutput):
         if not self._outbox:
             return
         data, self._outbox = b"".join(self._outbox), []
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.write(data)
+        if self._requests is not None and not self._requests.is_closing():
+            self._requests.write(data)
 
     def _sweep_deadlines(self) -> None:
         """Every DEADLINE_SWEEP seconds while handlers run: a handler past its deadline plus
@@ -399,9 +423,10 @@ class Child(ChildOutput):
             if self._transport is None:
                 return  # still spawning: start() stops it as soon as it exists
             self._signal(signal.SIGTERM)
-            if self._stdin is not None:
-                self._flush_outbox()
-                self._stdin.close()
+            self._flush_outbox()
+            for requests in (self._requests, self._stdin):
+                if requests is not None:
+                    requests.close()
         if self._transport is None:
             return
         grace = self.spec.stop_grace if grace is None else grace
@@ -501,13 +526,15 @@ class Child(ChildOutput):
         self._signal(signal.SIGKILL)  # whatever the child left behind in its process group
         if self.mark:
             sweeper.child_exited(self.mark)  # and what left the group (setsid)
+        ends = [self._stdout_eof.wait(), self._stderr_eof.wait()]
+        if self._private is not None:
+            ends.append(self._private.closed.wait())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(self._stdout_eof.wait(), self._stderr_eof.wait()),
-                _EXIT_DRAIN_SECONDS,
-            )
+            await asyncio.wait_for(asyncio.gather(*ends), _EXIT_DRAIN_SECONDS)
         if self._transport is not None:
             self._transport.close()
+        if self._private is not None:
+            self._private.close()
         expected = self._stop_reason is not None
         description = self._failure_note or describe_exit(returncode)
         self.exit = ChildExit(returncode, description, expected, self._stop_reason or "")

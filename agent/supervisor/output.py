@@ -1,9 +1,15 @@
 """``ChildOutput``: what a child writes, read as it arrives.
 
-Answers on stdout go to their task's outcome (the hot path reads a success answer without
-the general classification), the ready and error messages to the start-up, everything else
-a child prints to the log with its queue and pid; the last stderr lines are kept for error
-texts. A mixin of ``Child``: it uses the child's ledger, pending outcomes and pipes.
+Answers on the protocol channel go to their task's outcome (the hot path reads a success
+answer without the general classification), the ready and error messages to the start-up,
+everything else a child prints to the log with its queue and pid; the last stderr lines are
+kept for error texts. A mixin of ``Child``: it uses the child's ledger, pending outcomes and
+pipes.
+
+Which stream is the protocol channel is decided per child, by the first one to speak: the
+private answer pipe (task_sdk announces itself there at import), or stdout when a ready or
+error line comes there first (a child written for runqy). Once the private channel is in
+use, stdout is only output: a line there that looks like an answer is logged, never obeyed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from agent.supervisor.protocol import (
 )
 
 if TYPE_CHECKING:
+    from agent.supervisor.channel import PrivateChannel
     from agent.supervisor.launch import ChildSpec
     from agent.supervisor.slots import SlotLedger
 
@@ -56,19 +63,63 @@ class ChildOutput:
     _pending: dict[str, Any]
     _stdout: LineSplitter
     _stderr: LineSplitter
+    _answers: LineSplitter
+    _private: PrivateChannel | None
+    channel: str  # "pending", "private" (task_sdk's pipes) or "stdout" (runqy style)
     stderr_tail: deque[str]
 
     def _stdout_data(self, data: bytes) -> None:
+        if self.channel == "stdout":
+            self._protocol_data(self._stdout, data)
+            return
+        for item in self._stdout.feed(data):
+            self._stdout_item(item)
+
+    def _stdout_item(self, item: bytes | OversizedLine) -> None:
+        """A stdout line while stdout is not (or not yet) the protocol channel."""
+        if self.channel == "pending" and self._claims_stdout(item):
+            self._use_channel("stdout")
+        if self.channel == "stdout":
+            self._protocol_line(item)
+        elif isinstance(item, OversizedLine):
+            log.error("queue %s: child process %s wrote a stdout line of %d bytes, over the "
+                      "limit of %d bytes; the line was discarded", self.spec.queue, self.pid,
+                      item.size, self.spec.line_limit)
+        else:
+            messages = parse_line(item)
+            if all(isinstance(message, Output) for message in messages):
+                for message in messages:
+                    self._output(message)  # type: ignore[arg-type]
+            else:  # logged, never obeyed: answers come on the private channel only
+                self._output(Output(_text_of(item), note="a protocol message on stdout, which "
+                                    "is not this child's protocol channel"))
+
+    def _claims_stdout(self, item: bytes | OversizedLine) -> bool:
+        """A ready or start-up error line on stdout, with nothing from task_sdk's private
+        channel before it: the child speaks the protocol over stdout."""
+        if isinstance(item, OversizedLine) or not any(
+                isinstance(m, (Ready, StartupFailed)) for m in parse_line(item)):
+            return False
+        return self._private is None or not self._private.answers_waiting()
+
+    def _channel_data(self, data: bytes) -> None:
+        """What the child wrote on its private answer pipe (task_sdk)."""
+        if self.channel == "pending":
+            self._use_channel("private")
+        if self.channel == "private":
+            self._protocol_data(self._answers, data)
+
+    def _protocol_data(self, splitter: LineSplitter, data: bytes) -> None:
         done = self.tasks_done
         pending = self._pending
         self._reading = True
         try:
-            for item in self._stdout.feed(data):
+            for item in splitter.feed(data):
                 # the hot path: a success answer for a task we run, without classification
                 answer = success_answer(item) if type(item) is bytes else None
                 on_outcome = pending.pop(answer[0], None) if answer is not None else None
                 if on_outcome is None:
-                    self._stdout_line(item)
+                    self._protocol_line(item)
                     continue
                 self._task_finished(answer[0])
                 try:
@@ -81,7 +132,7 @@ class ChildOutput:
             if self.tasks_done != done:
                 self._freed()
 
-    def _stdout_line(self, item: bytes | OversizedLine) -> None:
+    def _protocol_line(self, item: bytes | OversizedLine) -> None:
         if isinstance(item, OversizedLine):
             self._oversized(item)
             return
@@ -192,23 +243,36 @@ class ChildOutput:
     def _pipe_closed(self, fd: int) -> None:
         if fd == 1:
             for item in self._stdout.finish():
-                self._stdout_line(item)
+                self._stdout_item(item)
             self._stdout_eof.set()
-            # A one_shot child that answered closes stdout on its way out: nothing is wrong.
-            answered = self.one_shot and not self._pending and self.tasks_started
-            if self.exit is None and self._stop_reason is None and not answered:
-                self._in_background(self._stdout_closed_early())
+            if self.channel == "stdout":
+                self._protocol_ended()
         elif fd == 2:
             for item in self._stderr.finish():
                 self._stderr_line(item)
             self._stderr_eof.set()
 
-    async def _stdout_closed_early(self) -> None:
+    def _channel_closed(self) -> None:
+        """The private answer pipe ended (the child exited, or closed it)."""
+        if self.channel != "private":
+            return
+        for item in self._answers.finish():
+            self._protocol_line(item)
+        self._protocol_ended()
+
+    def _protocol_ended(self) -> None:
+        # A one_shot child that answered closes its channel on its way out: nothing is wrong.
+        answered = self.one_shot and not self._pending and self.tasks_started
+        if self.exit is None and self._stop_reason is None and not answered:
+            self._in_background(self._channel_closed_early())
+
+    async def _channel_closed_early(self) -> None:
         """The protocol channel closed but the process lives on: it can never answer again."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._exited.wait(), 1.0)
             return
-        self._failure_note = "closed its stdout (the protocol channel) and was killed"
+        which = "its stdout" if self.channel == "stdout" else "its private channel"
+        self._failure_note = f"closed {which} (the protocol channel) and was killed"
         self._signal(signal.SIGKILL)
 
     def stderr_summary(self) -> str:
@@ -217,3 +281,7 @@ class ChildOutput:
             return ""
         lines = list(self.stderr_tail)[-_STDERR_LINES_IN_ERRORS:]
         return "; last stderr lines:\n" + "\n".join(line[:300] for line in lines)
+
+
+def _text_of(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace")
