@@ -16,7 +16,9 @@ class OpsPlane:
     def __init__(self, agent: Agent, config: OpsConfig, metrics: Metrics) -> None:
         self.agent = agent
         self.metrics = metrics
-        self.sampler = QueueSampler(agent.broker, lambda: list(agent.settings.weights))
+        # no sampling before Redis first let the agent in (each tick would log the same failure)
+        self.sampler = QueueSampler(agent.broker,
+                                    lambda: list(agent.settings.weights) if agent.redis_ok else [])
         self.metrics.registry.register(SampledCollector(self.sample))
         self._process = psutil.Process()
         controls = None

@@ -19,6 +19,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from agent.broker import Broker, connection
+from agent.broker.credentials import auth_reason, is_auth_error
 from agent.runtime.cancel import CancelListener
 from agent.runtime.forwarder import Forwarder
 from agent.runtime.heartbeat import Heartbeat, Identity
@@ -28,6 +29,7 @@ from agent.runtime.lifecycle import Lifecycle, State
 from agent.runtime.processor import Observer, Processor
 from agent.runtime.reconciler import Reconciler
 from agent.runtime.recoverer import Recoverer
+from agent.runtime.redis_auth import RedisAuth
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
 from agent.supervisor.health import Capacity
 from agent.supervisor.outcome import Executor
@@ -59,8 +61,12 @@ def parent_queue(queue: str) -> str:
 
 class Agent:
     def __init__(self, settings: AgentSettings, executors: Mapping[str, Executor],
-                 observer: Observer | None = None, capacity: Capacity | None = None) -> None:
+                 observer: Observer | None = None, capacity: Capacity | None = None,
+                 auth: RedisAuth | None = None) -> None:
         self.settings = settings
+        # what a rejected Redis login leads to (default: give up at once, as in local mode)
+        self.auth = auth or RedisAuth(settings.redis_url, "the configuration",
+                                      "correct the Redis password and start the agent again")
         self.executors = dict(executors)  # by parent queue; queues of one deployment share one
         self.capacity = capacity or Capacity(settings.concurrency)
         by_id: dict[int, tuple[list[str], Executor]] = {}  # each executor once, with its queues
@@ -83,7 +89,8 @@ class Agent:
         # redis.asyncio clients take redis.asyncio.retry.Retry (a sync Retry is converted, with a
         # warning); the lease thread's blocking client takes redis.retry.Retry.
         common = dict(socket_timeout=settings.socket_timeout, socket_connect_timeout=5.0,
-                      health_check_interval=15, **settings.redis_kwargs)
+                      health_check_interval=15, **self.auth.client_kwargs(settings.redis_kwargs))
+        self._probe_kwargs = {**common, "retry": AsyncRetry(NoBackoff(), 0)}
         retry = AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), 3)
         # Standalone, TLS, Cluster or Sentinel, as the URL says (agent/broker/connection.py).
         self.redis = connection.async_client(settings.redis_url, retry=retry, **common)
@@ -178,23 +185,44 @@ class Agent:
         loop.add_signal_handler(signal.SIGTSTP, self.pause)
 
     async def connect(self, attempts: int = 0) -> None:
-        """Wait for Redis (with backoff); ``attempts`` = 0 means keep trying until stopped."""
+        """Wait for Redis (with backoff); ``attempts`` = 0 means keep trying until stopped.
+        A rejected login is not retried like an outage: ``self.auth`` decides (redis_auth.py)."""
         delay, n = 0.2, 0
         while True:
             n += 1
             try:
-                await self.redis.ping()
+                await self._ping_once()
+                self.auth.accepted()
                 self.redis_ok = True
                 return
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.RedisError, OSError) as exc:
+                if is_auth_error(exc):
+                    if not await self.auth.rejected(exc, self._stop_within):
+                        raise StopRequested from exc
+                    continue
+                if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                    raise
                 if attempts and n >= attempts:
                     raise
                 log.warning("Redis not reachable at start-up (%s); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), delay)
-                if self._stop_requested.is_set():
+                if await self._stop_within(delay):
                     raise StopRequested from exc
                 delay = min(delay * 2, 5.0)
+
+    async def _ping_once(self) -> None:
+        """PING through a client that does not retry inside redis-py, which would retry a
+        rejected login (a ConnectionError there) before we could tell the reason."""
+        probe = connection.async_client(self.settings.redis_url, **self._probe_kwargs)
+        try:
+            await probe.ping()
+        finally:
+            await probe.aclose()
+
+    async def _stop_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True when a stop was requested."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        return self._stop_requested.is_set()
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="loop-tick")
@@ -247,7 +275,8 @@ class Agent:
         if self.reaper.alive():
             await asyncio.to_thread(self.reaper.stop)  # and whatever they left behind
         try:
-            await self.heartbeat.clear()
+            if self.redis_ok:  # nothing was written before Redis first answered
+                await self.heartbeat.clear()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("could not remove heartbeat keys (they expire in 10s): %s", exc)
         self.lifecycle.move(State.STOPPED)
@@ -272,6 +301,10 @@ class Agent:
         except (StopRequested, asyncio.CancelledError):
             await self.shutdown()
             return 0
+        except Exception:
+            if not self.redis_ok:  # gave up before Redis let us in (nothing else started)
+                await self.shutdown()
+            raise
         await self.wait_for_stop()
         await self.shutdown()
         log.info("stopped")
@@ -294,10 +327,14 @@ class Agent:
         reasons = []
         if self.lifecycle.state != State.READY:
             reasons.append(f"state is {self.lifecycle.state}")
-        try:
-            await asyncio.wait_for(self.redis.ping(), 0.5)  # refused at once, retried inside
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            reasons.append(f"redis unreachable: {type(exc).__name__}")
+        if self.auth.problem is not None:
+            reasons.append(self.auth.problem)  # known: no need to be rejected once more
+        else:
+            try:
+                await asyncio.wait_for(self.redis.ping(), 0.5)  # refused at once, retried inside
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                reasons.append(f"redis rejected the credentials: {auth_reason(exc)}"
+                               if is_auth_error(exc) else f"redis unreachable: {type(exc).__name__}")
         if self.processor.loop_error:
             reasons.append(f"task fetching is failing: {self.processor.loop_error}")
         if self.lifecycle.state == State.READY and time.monotonic() - self.processor.last_dequeue_ok > 10:
@@ -320,6 +357,8 @@ class Agent:
             "slots": self.slots,
             "running": self.capacity.running,
             "strict_priority": self.settings.strict_priority,
+            "redis": {"target": connection.describe(self.settings.redis_url),
+                      "auth_error": self.auth.problem},
             "queues": {q: {"weight": w, "limit": self.settings.limits.get(q),
                            "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused}
                        for q, w in self.settings.weights.items()},

@@ -9,10 +9,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
+from agent.runtime.redis_auth import RedisAuth, RedisAuthRejected
 from agent.supervisor import Capacity, ChildSpec, build_child_env, create_pool, resolve_argv
 
 log = logging.getLogger("agent.runtime")
@@ -48,11 +50,29 @@ async def server_plan(config: Config) -> Plan:
     """Server mode: register every parent queue with the control server."""
     from agent.bootstrap.register import register
 
-    registration = await register(config)
-    for warning in registration.warnings:
-        log.warning("%s", warning)
+    registration = await register(config)  # it logs its warnings
     limits = {q.name: q.concurrency for q in config.worker.queues if q.concurrency}
     return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments))
+
+
+def redis_auth(config: Config, plan: Plan) -> RedisAuth:
+    """What a rejected Redis login leads to: in server mode, registering again (the control
+    server may have rotated the password); in local mode, an exit naming the key to fix."""
+    if config.local_mode:
+        rc = config.redis
+        assert rc is not None
+        url_password = bool(rc.url and urlsplit(rc.url).password)
+        key = ("redis.password" if rc.password else "the password in redis.url" if url_password
+               else "redis.url" if rc.url else "redis.addr")
+        return RedisAuth.local(plan.redis.url, key, bool(rc.password) or url_password)
+
+    async def register_again() -> RedisConnection:
+        from agent.bootstrap.register import register
+
+        return (await register(config)).redis
+
+    return RedisAuth.from_server(plan.redis, config.server.url or "", register_again,
+                                 config.server.redis_auth_attempts)
 
 
 async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[str, Deployment]:
@@ -117,7 +137,7 @@ async def serve(config: Config) -> int:
     from agent.ops.service import OpsPlane
 
     metrics = Metrics()
-    agent = Agent(settings, pools, observer=metrics, capacity=capacity)
+    agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan))
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()
@@ -135,6 +155,9 @@ def run(config: Config) -> int:
 
     try:
         return asyncio.run(serve(config))
+    except RedisAuthRejected as exc:
+        log.error("giving up: %s (exit code %d)", exc, exc.exit_code)
+        return exc.exit_code
     except BootstrapError as exc:
         log.error("bootstrap failed: %s", exc)
         return 1
