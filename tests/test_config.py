@@ -249,7 +249,7 @@ def test_environment_only_without_anything_reports_what_is_required():
 def test_bad_override_names_its_variable_and_is_not_expanded(tmp_path):
     found = problems(tmp_path, SERVER + "worker: {queues: [a]}\n",
                      {"RUNDOWN_WORKER_CONCURRENCY": "0", "RUNDOWN_WORKER_QUEUES": "${X}"})
-    assert found["worker.concurrency"] == "expected a positive integer, got \"0\" (from RUNDOWN_WORKER_CONCURRENCY)"
+    assert found["worker.concurrency"] == "expected an integer from 1 to 100,000, got \"0\" (from RUNDOWN_WORKER_CONCURRENCY)"
     assert "worker.queues[0]" in found and "not set" not in found["worker.queues[0]"]
 
 
@@ -271,13 +271,13 @@ def test_colon_with_a_word_suggests_a_sub_queue(tmp_path):
 
 @pytest.mark.parametrize(("queues", "path", "fragment"), [
     ("[a, a:2]", "worker.queues[1]", 'duplicate queue "a"'),
-    ("['a:0']", "worker.queues[0]", "must be a positive integer"),
-    ("['']", "worker.queues[0]", 'got ""'),
+    ("['a:0']", "worker.queues[0]", "must be an integer from 1 to 100,000"),
+    ("['']", "worker.queues[0]", "a queue name must not be empty"),
     ("['has space']", "worker.queues[0]", "a queue name"),
     ("['a..b']", "worker.queues[0]", "a queue name"),
     ("[{name: a, wieght: 2}]", "worker.queues[0].wieght", 'did you mean "weight"'),
     ("[{weight: 2}]", "worker.queues[0].name", "required"),
-    ("[{name: a, weight: 0}]", "worker.queues[0].weight", "expected a positive integer, got 0"),
+    ("[{name: a, weight: 0}]", "worker.queues[0].weight", "expected an integer from 1 to 1,000,000, got 0"),
     ("[{name: 'a:3'}]", "worker.queues[0].name", "concurrency key"),
     ("[[a]]", "worker.queues[0]", "got a list"),
     ("{a: 1}", "worker.queues", "expected a list of queues, got a mapping"),
@@ -309,7 +309,7 @@ def test_deprecated_queue_alias(tmp_path):
      'expected a non-negative duration like "30s" or "1m", got "-1s"'),
     ("worker: {queues: [a], max_memory_per_child: lots}", "worker.max_memory_per_child",
      'expected a size like "512MB" or "1GiB", got "lots"'),
-    ("worker: {queues: [a], concurrency: 0}", "worker.concurrency", "expected a positive integer, got 0"),
+    ("worker: {queues: [a], concurrency: 0}", "worker.concurrency", "expected an integer from 1 to 100,000, got 0"),
     ("worker: {queues: [a], max_tasks_per_child: -1}", "worker.max_tasks_per_child",
      "expected an integer >= 0, got -1"),
     ("worker: {queues: [a], strict_priority: maybe}", "worker.strict_priority",
@@ -483,7 +483,7 @@ def test_secrets_are_hidden_in_repr_and_redacted_dict(tmp_path):
 
 def test_a_short_secret_does_not_garble_messages(tmp_path):
     found = problems(tmp_path, "server: {url: http://h, api_key: e}\nworker: {queues: [a], concurrency: x}\n")
-    assert found == {"worker.concurrency": 'expected a positive integer, got "x"'}
+    assert found == {"worker.concurrency": 'expected an integer from 1 to 100,000, got "x"'}
 
 
 def test_one_shot_resource_limits(tmp_path):
@@ -558,9 +558,9 @@ def test_capacity_values_at_their_bounds_are_accepted(tmp_path, worker, deployme
     ("", "  processes: 257\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got 257'),
     ("", "  processes: many\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got "many"'),
     ("", "  processes: true\n", "deployment.processes", 'expected "auto" or an integer from 1 to 256, got true (a boolean)'),
-    ("", "  async_limit: 0\n", "deployment.async_limit", "expected a positive integer, got 0"),
+    ("", "  async_limit: 0\n", "deployment.async_limit", "expected an integer from 1 to 100,000, got 0"),
     ("", "  max_in_flight_per_child: 0\n", "deployment.max_in_flight_per_child",
-     "expected a positive integer, got 0"),
+     "expected an integer from 1 to 100,000, got 0"),
 ])
 def test_capacity_values_out_of_bounds_are_problems(tmp_path, worker, deployment, path, message):
     found = capacity_problems(tmp_path, worker, deployment)
@@ -742,3 +742,122 @@ deployment: {{path: code, startup_cmd: python w.py, processes: {processes}}}
     assert DeploymentSpec(path=tmp_path, processes=1).processes == 1
     with pytest.raises(ValueError, match="processes must be >= 1"):
         DeploymentSpec(path=tmp_path, processes=0)
+
+
+# --- limits: what a generated or hostile config cannot do ---------------------------------------
+
+def _queue_list(n: int) -> str:
+    return "[" + ", ".join(f"q{i}" for i in range(n)) + "]"
+
+
+def test_at_most_1000_queues_per_agent(tmp_path):
+    assert len(load(tmp_path, SERVER + f"worker: {{queues: {_queue_list(1000)}}}\n").worker.queues) == 1000
+    found = problems(tmp_path, SERVER + f"worker: {{queues: {_queue_list(5000)}}}\n")
+    assert found == {"worker.queues": "5,000 queues, above the limit of 1,000 per agent"}
+    found = problems(tmp_path, SERVER + "worker: {queues: [a]}\n",
+                     {"RUNDOWN_WORKER_QUEUES": ",".join(f"q{i}" for i in range(1001))})
+    assert found == {"worker.queues": "1,001 queues, above the limit of 1,000 per agent (from RUNDOWN_WORKER_QUEUES)"}
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    (r'"a\u0001b"', "it contains U+0001 at position 2"),
+    (r'"\e[31mred"', "it contains U+001B at position 1"),
+    (r'"abc\u202Efdp.exe"', "it contains U+202E at position 4"),  # right-to-left override
+    (r'"zero\u200Bwidth"', "it contains U+200B at position 5"),
+    (r'"non\u00A0breaking"', "it contains U+00A0 at position 4"),
+    (r'"a\u0085b"', "it contains U+0085 at position 2"),
+    ('"   "', "a queue name must not be empty"),
+    ('"' + "q" * 257 + '"', "a queue name is at most 256 characters, got 257"),
+    ('"{tag}"', "no spaces, braces or colons"),
+])
+def test_queue_names_must_be_printable_and_at_most_256_characters(tmp_path, name, fragment):
+    for spec in (name, f"{{name: {name}}}"):
+        found = problems(tmp_path, SERVER + f"worker: {{queues: [ok, {spec}]}}\n")
+        (path,) = found
+        assert path.startswith("worker.queues[1]")
+        assert fragment in found[path]
+        assert found[path].isprintable()
+
+
+def test_printable_unicode_queue_names_are_accepted(tmp_path):
+    names = ["задачи", "メール.高", "émails-🚀", "q" * 256]
+    config = load(tmp_path, SERVER + "worker:\n  queues:\n" + "".join(f'    - "{n}"\n' for n in names))
+    assert [q.name for q in config.worker.queues] == names
+
+
+def test_a_control_character_from_the_environment_is_refused(tmp_path):
+    found = problems(tmp_path, SERVER + "worker: {queues: [a]}\n", {"RUNDOWN_WORKER_QUEUES": "a,b\x07c"})
+    assert found == {"worker.queues[1]": "a queue name is printable characters without whitespace; it "
+                                         "contains U+0007 at position 2 (from RUNDOWN_WORKER_QUEUES)"}
+
+
+@pytest.mark.parametrize(("snippet", "path", "message"), [
+    ("worker: {queues: [a], concurrency: 100001}", "worker.concurrency",
+     "expected an integer from 1 to 100,000, got 100001"),
+    ("worker: {queues: [{name: a, weight: 1000001}]}", "worker.queues[0].weight",
+     "expected an integer from 1 to 1,000,000, got 1000001"),
+    ("worker: {queues: [{name: a, concurrency: 100001}]}", "worker.queues[0].concurrency",
+     "expected an integer from 1 to 100,000, got 100001"),
+    ("worker: {queues: ['a:100001']}", "worker.queues[0]",
+     'the limit in "a:100001" must be an integer from 1 to 100,000'),
+    ("worker: {queues: ['a:" + "9" * 5000 + "']}", "worker.queues[0]", "must be an integer from 1 to 100,000"),
+    ("worker: {queues: [a], concurrency: '" + "9" * 5000 + "'}", "worker.concurrency",
+     "expected an integer from 1 to 100,000, got"),
+    ("worker: {queues: [a], shutdown_timeout: 8d}", "worker.shutdown_timeout",
+     'expected a non-negative duration like "30s" or "1m", got "8d"'),
+    ("worker: {queues: [a], shutdown_timeout: 169h}", "worker.shutdown_timeout",
+     'expected a non-negative duration like "30s" or "1m", at most 168h, got "169h"'),
+    ("worker: {queues: [a], max_memory_per_child: 1025TiB}", "worker.max_memory_per_child",
+     'expected a size like "512MB" or "1GiB", at most 1024TiB, got "1025TiB"'),
+    ("worker: {queues: [a], max_memory_per_child: " + "9" * 400 + "TB}", "worker.max_memory_per_child",
+     "at most 1024TiB"),
+    ("worker: {queues: [a]}\nretry: {max_retry: 2147483648}", "retry.max_retry",
+     "expected an integer from 0 to 2,147,483,647, got 2147483648"),
+    ("worker: {queues: [a]}\ndeployment: {async_limit: 100001}", "deployment.async_limit",
+     "expected an integer from 1 to 100,000, got 100001"),
+    ("worker: {queues: [a]}\ndeployment: {mode: one_shot, one_shot_cpu_seconds: 604801}",
+     "deployment.one_shot_cpu_seconds", "expected an integer from 1 to 604,800, got 604801"),
+])
+def test_numbers_beyond_what_the_agent_can_use_are_problems(tmp_path, snippet, path, message):
+    found = problems(tmp_path, SERVER + snippet + "\n")
+    assert path in found, found
+    assert message in found[path], found[path]
+
+
+def test_largest_accepted_values(tmp_path):
+    config = load(tmp_path, SERVER + "worker: {queues: [{name: a, weight: 1000000, concurrency: 100000}], "
+                  "concurrency: 100000, shutdown_timeout: 168h, max_memory_per_child: 1024TiB}\n"
+                  "retry: {max_retry: 2147483647}\ndeployment: {processes: 1, async_limit: 100000}\n")
+    assert config.worker.concurrency == 100_000 and config.worker.shutdown_timeout == 7 * 86400
+    assert config.retry.max_retry == 2**31 - 1
+
+
+def test_env_vars_are_bounded_in_number_size_and_characters(tmp_path):
+    many = ", ".join(f"V{i}: x" for i in range(1001))
+    found = problems(tmp_path, SERVER + f"worker: {{queues: [a]}}\ndeployment: {{env_vars: {{{many}}}}}\n")
+    assert found == {"deployment.env_vars": "1,001 variables, above the limit of 1,000"}
+    found = problems(tmp_path, SERVER + 'worker: {queues: [a]}\ndeployment: {env_vars: {A: "x\\0y", '
+                     f'B: "{"b" * 131_070}", C: "{"c" * 131_069}"}}}}\n')
+    assert found == {
+        "deployment.env_vars.A": "the value contains a NUL character, which an environment variable cannot hold",
+        "deployment.env_vars.B": ("NAME=value is 131,072 bytes; an environment entry must be under 128 KiB "
+                                  "(the kernel refuses to start a process otherwise)"),
+    }
+
+
+def test_a_report_lists_the_first_100_problems(tmp_path):
+    bad = ", ".join(f"'q{i}:0'" for i in range(150))
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, SERVER + f"worker: {{queues: [{bad}]}}\n")
+    assert len(info.value.problems) == 150
+    lines = info.value.report().splitlines()
+    assert lines[0].endswith("150 problems") and len(lines) == 102
+    assert lines[-1] == "  ... and 50 more"
+
+
+def test_keys_are_shown_printable_and_short(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, SERVER + 'worker: {queues: [a], "con\\x1b[2Jcurrency": 1, "' + "k" * 1000 + '": 2}\n')
+    report = info.value.report()
+    assert "\x1b" not in report and "\\x1b[2J" in report
+    assert max(len(line) for line in report.splitlines()) < 500

@@ -24,12 +24,13 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "YamlFileError", "YamlLimits", "parse_yaml",
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_TEXT", "YamlFileError", "YamlLimits", "parse_yaml",
            "read_yaml_file"]
 
 MAX_FILE_BYTES = 1_000_000  #: 1 MB: far above any real config or queues file
 MAX_NODES = 100_000  #: values (scalars, lists, mappings), every alias counted as a copy
 MAX_DEPTH = 64  #: lists / mappings inside each other
+MAX_TEXT = 10_000_000  #: characters of all scalars, every alias counted as a copy
 
 # libyaml when the wheel has it (about 3x faster); the pure-Python parser otherwise.
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -40,6 +41,7 @@ class YamlLimits:
     max_bytes: int = MAX_FILE_BYTES
     max_nodes: int = MAX_NODES
     max_depth: int = MAX_DEPTH
+    max_text: int = MAX_TEXT
 
 
 class YamlFileError(Exception):
@@ -152,9 +154,10 @@ def _check_graph(root: yaml.Node, source: str, limits: YamlLimits) -> None:
     """Refuse a node graph whose expanded tree is too big or too deep, or that contains itself.
 
     An alias is the very node it names, so the graph is a DAG (or has a cycle); the expanded
-    size of each node is computed once, iteratively (no recursion to overflow).
+    size of each node (values, and characters: one alias of a long string with a ``${VAR}`` in
+    it becomes one copy per use) is computed once, iteratively (no recursion to overflow).
     """
-    size: dict[int, int] = {}  # id(node) -> nodes in its expanded tree
+    size: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters) of its expanded tree
     open_nodes: set[int] = set()  # on the current path: meeting one again is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     depth = 0
@@ -164,11 +167,16 @@ def _check_graph(root: yaml.Node, source: str, limits: YamlLimits) -> None:
         if done:
             open_nodes.discard(key)
             depth -= 1
-            total = 1 + sum(size[id(child)] for child in _children(node))
-            if total > limits.max_nodes:
+            children = [size[id(child)] for child in _children(node)]
+            values = 1 + sum(n for n, _ in children)
+            text = sum(c for _, c in children) + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            if values > limits.max_nodes:
                 raise _limit(source, node, f"more than {limits.max_nodes:,} values once aliases are "
                                            f"expanded (the limit for YAML files; an alias bomb?)")
-            size[key] = total
+            if text > limits.max_text:
+                raise _limit(source, node, f"more than {limits.max_text:,} characters of text once aliases "
+                                           f"are expanded (the limit for YAML files)")
+            size[key] = (values, text)
             continue
         if key in size:
             continue

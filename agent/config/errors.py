@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem"]
+__all__ = ["MAX_REPORTED", "ConfigError", "Problem"]
+
+MAX_REPORTED = 100  #: problems a report lists one per line
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,8 @@ class Problem:
 class ConfigError(Exception):
     """The configuration has problems; ``problems`` lists all of them, in file order.
 
-    ``str(error)`` is a report: a header ``<source>: N problems`` and one indented line each.
+    ``str(error)`` is a report: a header ``<source>: N problems`` and one indented line each
+    (the first :data:`MAX_REPORTED`, then how many more: a generated file can have thousands).
     """
 
     def __init__(self, problems: list[Problem], source: str | None = None) -> None:
@@ -40,4 +43,7 @@ class ConfigError(Exception):
     def report(self) -> str:
         count = len(self.problems)
         header = f"{self.source or 'configuration'}: {count} problem{'s' if count != 1 else ''}"
-        return "\n".join([header, *(f"  {p}" for p in self.problems)])
+        lines = [header, *(f"  {p}" for p in self.problems[:MAX_REPORTED])]
+        if count > MAX_REPORTED:
+            lines.append(f"  ... and {count - MAX_REPORTED} more")
+        return "\n".join(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .limits import MAX_CONCURRENCY, MAX_ENTRIES, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from .model import QueueSpec, Secret
 from .sources import FAILED, Findings, unknown_key
 from .values import (
@@ -27,6 +28,7 @@ from .values import (
     parse_queue_string,
     parse_size,
     parse_str,
+    printable,
 )
 
 Parser = Callable[[Any, "Ctx"], Any]
@@ -191,6 +193,9 @@ def env_vars(value: Any, ctx: Ctx) -> dict[str, str]:
     """A mapping of environment variable names to string values (values are never echoed)."""
     if not isinstance(value, dict):
         raise Invalid("a mapping of environment variable names to values")
+    if len(value) > MAX_ENTRIES:
+        raise Invalid("a mapping of environment variable names to values",
+                      f"{len(value):,} variables, above the limit of {MAX_ENTRIES:,}")
     result: dict[str, str] = {}
     for key, item in value.items():
         where = f"{ctx.path}.{key}"
@@ -201,6 +206,8 @@ def env_vars(value: Any, ctx: Ctx) -> dict[str, str]:
         elif isinstance(item, bool) or item is None or not isinstance(item, (str, int, float)):
             hint = ' (quote it: "true")' if isinstance(item, bool) else ' (write "" for empty)' if item is None else ""
             ctx.add(where, f"expected a string, got {describe(item, secret=True)}{hint}")
+        elif (problem := env_value_problem(key, str(item))) is not None:
+            ctx.add(where, problem)
         else:
             result[key] = str(item)
     return result
@@ -214,6 +221,8 @@ def queues(value: Any, ctx: Ctx) -> tuple[QueueSpec, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise Invalid("a list of queues")
+    if len(items) > MAX_QUEUES:
+        raise Invalid("a list of queues", f"{len(items):,} queues, above the limit of {MAX_QUEUES:,} per agent")
     specs: list[QueueSpec] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -247,7 +256,8 @@ def _queue_item(item: Any, where: str, ctx: Ctx) -> QueueSpec | None:
             ctx.add(f"{where}.{key}", unknown_key(str(key), _QUEUE_KEYS))
             ok = False
     fields: dict[str, Any] = {}
-    for key, parse in (("name", _queue_name), ("weight", integer(1)), ("concurrency", integer(1))):
+    for key, parse in (("name", _queue_name), ("weight", integer(1, MAX_WEIGHT)),
+                       ("concurrency", integer(1, MAX_CONCURRENCY))):
         raw = item.get(key)
         if raw is None or raw is FAILED:
             if key == "name" and raw is None:
@@ -271,6 +281,6 @@ def _queue_name(value: Any, ctx: Ctx) -> str:
     if ":" in name:
         base, _, suffix = name.partition(":")
         raise Invalid("a queue name", (
-            f'"{name}" is not a queue name: write "{base}.{suffix}" for a sub-queue, '
-            f"or set the limit with the concurrency key"))
+            f'"{printable(name, 60)}" is not a queue name: write "{printable(base, 40)}.{printable(suffix, 20)}" '
+            "for a sub-queue, or set the limit with the concurrency key"))
     return check_queue_name(name)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from . import fields as f
 from .capacity import MAX_PREFETCH, MAX_PROCESSES, MAX_THREADS, children_needed
+from .limits import MAX_CONCURRENCY, MAX_DURATION, MAX_INT32
 from .model import (
     DEFAULT_OPS_LISTEN,
     BootstrapConfig,
@@ -53,7 +54,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
     "worker": (WorkerConfig, {
         "queues": Field(f.queues, env="list"),
         "queue": Field(f.queues),  # deprecated alias of a one-item queues list
-        "concurrency": Field(f.integer(1)),
+        "concurrency": Field(f.integer(1, MAX_CONCURRENCY)),
         "prefetch": Field(f.integer(0, MAX_PREFETCH)),
         "strict_priority": Field(f.boolean),
         "shutdown_timeout": Field(f.duration(0)),
@@ -77,10 +78,10 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "mode": Field(f.choice("long_running", "one_shot")),
         "processes": Field(f.auto_or_integer(1, MAX_PROCESSES)),
         "threads": Field(f.integer(1, MAX_THREADS)),
-        "async_limit": Field(f.integer(1)),
-        "max_in_flight_per_child": Field(f.integer(1)),  # deprecated alias of async_limit
+        "async_limit": Field(f.integer(1, MAX_CONCURRENCY)),
+        "max_in_flight_per_child": Field(f.integer(1, MAX_CONCURRENCY)),  # deprecated alias of async_limit
         "one_shot_memory_limit": Field(f.size),
-        "one_shot_cpu_seconds": Field(f.integer(1)),
+        "one_shot_cpu_seconds": Field(f.integer(1, int(MAX_DURATION))),
         "venv": Field(f.venv),
         "requirements": Field(f.code_file),
     }),
@@ -91,7 +92,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "accept_new_host_keys": Field(f.boolean),
     }),
     "retry": (RetryConfig, {
-        "max_retry": Field(f.integer(0)),
+        "max_retry": Field(f.integer(0, MAX_INT32)),
     }),
     "ops": (OpsConfig, {
         "listen": Field(f.simple(parse_listen)),

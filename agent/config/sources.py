@@ -19,6 +19,7 @@ from agent.config.placeholders import expand_text
 
 from .bounded_yaml import YamlFileError, read_yaml_file
 from .errors import ConfigError, Problem
+from .values import printable
 
 __all__ = ["FAILED", "Findings", "apply_overrides", "expand_placeholders", "read_yaml"]
 
@@ -54,6 +55,8 @@ class Findings:
         return None
 
     def line(self, path: str) -> int | None:
+        if len(path) > 1000:  # a key that long was reported as such; stripping it part by part is slow
+            return None
         while path:
             if path in self.lines:
                 return self.lines[path]
@@ -61,11 +64,13 @@ class Findings:
         return None
 
     def add(self, path: str, message: str) -> None:
+        line = self.line(path)
+        path = printable(path, 200)  # keys are the user's: a control character or 1 MB of key
         origin = self.origin(path)
         if origin is not None:
             self.problems.append(Problem(path, f"{message} (from {origin})"))
         else:
-            self.problems.append(Problem(path, message, self.line(path)))
+            self.problems.append(Problem(path, message, line))
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -74,10 +79,11 @@ class Findings:
 def unknown_key(key: str, known: Iterable[str], what: str = "key") -> str:
     """``unknown key "concurency"; did you mean "concurrency"?`` (or the list of known keys)."""
     known = list(known)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) if len(key) <= 100 else []
+    shown = printable(key, 60)
     if close:
-        return f'unknown {what} "{key}"; did you mean "{close[0]}"?'
-    return f'unknown {what} "{key}"; expected one of: {", ".join(known)}'
+        return f'unknown {what} "{shown}"; did you mean "{close[0]}"?'
+    return f'unknown {what} "{shown}"; expected one of: {", ".join(known)}'
 
 
 def read_yaml(path: Path, findings: Findings) -> Any:
@@ -100,7 +106,8 @@ def _index(node: yaml.Node, path: str, findings: Findings) -> None:
             key, line = key_node.value, key_node.start_mark.line + 1
             child = f"{path}.{key}" if path else key
             if key in first:
-                findings.problems.append(Problem(child, f"duplicate key (first on line {first[key]})", line))
+                findings.problems.append(Problem(printable(child, 200), f"duplicate key (first on line {first[key]})",
+                                                 line))
                 continue
             first[key] = line
             findings.lines[child] = line

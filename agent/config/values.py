@@ -12,6 +12,10 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.logs import redact_url
+
+from .limits import MAX_CONCURRENCY, MAX_DURATION, MAX_SIZE, queue_name_problem
+
 __all__ = [
     "Invalid",
     "describe",
@@ -25,6 +29,7 @@ __all__ = [
     "parse_redis_url",
     "parse_size",
     "parse_str",
+    "printable",
     "split_host_port",
 ]
 
@@ -60,9 +65,24 @@ def describe(value: Any, secret: bool = False) -> str:
     if secret:
         return "a string" if isinstance(value, str) else "a number"
     if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return json.dumps(shown, ensure_ascii=False)
-    return repr(value)
+        return printable(json.dumps(_shorten(redact_url(value)), ensure_ascii=False))
+    return _shorten(repr(value))
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` safe to print in a message: characters that are not printable (controls, bidi
+    overrides, line breaks) as ``\\uXXXX`` escapes, and at most ``limit`` characters."""
+    if limit is not None:
+        text = _shorten(text, limit)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    # Secrets inside URLs are masked before this cut, which could otherwise split a password
+    # from the "@" that marks it.
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_str(value: Any) -> str:
@@ -79,9 +99,9 @@ _INT = re.compile(r"[+-]?[0-9]+")
 def parse_int(value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer (or a string of digits); ``minimum`` and ``maximum`` are inclusive."""
     if minimum is not None and maximum is not None:
-        expected = f"an integer from {minimum} to {maximum}"
+        expected = f"an integer from {minimum} to {_number(maximum)}"
     elif maximum is not None:
-        expected = f"an integer <= {maximum}"
+        expected = f"an integer <= {_number(maximum)}"
     elif minimum == 1:
         expected = "a positive integer"
     elif minimum == 0:
@@ -91,12 +111,18 @@ def parse_int(value: Any, minimum: int | None = None, maximum: int | None = None
     if isinstance(value, bool):
         raise Invalid(expected)
     if isinstance(value, str) and _INT.fullmatch(value.strip()):
+        if len(value.strip()) > 30:  # int() refuses thousands of digits; no bound is that big
+            raise Invalid(expected)
         value = int(value.strip())
     if not isinstance(value, int):
         raise Invalid(expected)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise Invalid(expected)
     return value
+
+
+def _number(n: int) -> str:
+    return f"{n:,}" if n >= 10_000 else str(n)
 
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -149,6 +175,8 @@ def parse_duration(value: Any, minimum: float | None = 0.0) -> float:
         raise Invalid(expected)
     if minimum is not None and (seconds < minimum or (minimum > 0 and seconds == 0)):
         raise Invalid(expected)
+    if abs(seconds) > MAX_DURATION:
+        raise Invalid(f"{expected}, at most {format_duration(MAX_DURATION)}")
     return seconds
 
 
@@ -186,11 +214,16 @@ def parse_size(value: Any) -> int:
         unit = _SIZE_UNITS.get(m.group(2).lower())
         if unit is None:
             raise Invalid(SIZE_EXPECTED)
-        size = int(float(m.group(1)) * unit)
+        number = float(m.group(1)) * unit
+        if number > MAX_SIZE:
+            raise Invalid(f"{SIZE_EXPECTED}, at most 1024TiB")
+        size = int(number)
     else:
         raise Invalid(SIZE_EXPECTED)
     if size <= 0:
         raise Invalid(f"{SIZE_EXPECTED} (> 0)")
+    if size > MAX_SIZE:
+        raise Invalid(f"{SIZE_EXPECTED}, at most 1024TiB")
     return size
 
 
@@ -201,6 +234,9 @@ QUEUE_EXPECTED = 'a queue name like "emails", "inference.high" or "transcoding:3
 
 
 def check_queue_name(name: str) -> str:
+    problem = queue_name_problem(name)
+    if problem is not None:
+        raise Invalid(QUEUE_EXPECTED, problem)
     if not _QUEUE_NAME.fullmatch(name):
         raise Invalid('a queue name like "emails" or "inference.high" (no spaces, braces or colons)')
     return name
@@ -213,13 +249,16 @@ def parse_queue_string(text: str) -> tuple[str, int | None]:
         return check_queue_name(text), None
     name, _, suffix = text.partition(":")
     if suffix.isascii() and suffix.isdigit():
-        if int(suffix) == 0:
-            raise Invalid(QUEUE_EXPECTED, f'the limit in "{text}" must be a positive integer')
+        if len(suffix) > 9 or not 0 < int(suffix) <= MAX_CONCURRENCY:
+            raise Invalid(QUEUE_EXPECTED, f'the limit in "{printable(text, 60)}" must be an integer from 1 '
+                          f"to {MAX_CONCURRENCY:,}")
         check_queue_name(name)
         return name, int(suffix)
+    check_queue_name(name)  # a name that is wrong anyway: say why, rather than suggest "name.suffix"
     raise Invalid(QUEUE_EXPECTED, (
-        f'"{text}" is not a queue spec: write "{name}.{suffix}" for a sub-queue, '
-        f'or "{name}:N" (N a positive integer) to limit the queue\'s concurrency'))
+        f'"{printable(text, 60)}" is not a queue spec: write "{printable(name, 40)}.{printable(suffix, 20)}" '
+        f'for a sub-queue, or "{printable(name, 40)}:N" (N a positive integer) to limit the queue\'s '
+        "concurrency"))
 
 
 def split_host_port(text: str) -> tuple[str, int]:

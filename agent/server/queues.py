@@ -20,8 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.config.bounded_yaml import YamlFileError, read_yaml_file
+from agent.config.capacity import MAX_PROCESSES
+from agent.config.errors import MAX_REPORTED
+from agent.config.limits import MAX_ENTRIES, MAX_INT32, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from agent.config.model import Secret
 from agent.config.placeholders import expand_text
+from agent.config.values import printable
 from agent.logs import register_secret
 
 __all__ = ["ApiKey", "QueueDef", "QueuesFileError", "ROLES", "ServerSettings", "TaskDefaults",
@@ -44,10 +48,13 @@ class QueuesFileError(Exception):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
+        self.problems = [printable(p, 500) for p in problems]  # keys are the file's: control characters
         count = len(problems)
-        super().__init__("\n".join([f"{source}: {count} problem{'s' if count != 1 else ''}",
-                                    *(f"  {p}" for p in problems)]))
+        lines = [f"{source}: {count} problem{'s' if count != 1 else ''}",
+                 *(f"  {p}" for p in self.problems[:MAX_REPORTED])]
+        if count > MAX_REPORTED:
+            lines.append(f"  ... and {count - MAX_REPORTED} more")
+        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -131,11 +138,17 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
     raw_queues = data.get("queues")
     if not isinstance(raw_queues, dict) or not raw_queues:
         problems.append("queues: is required: a mapping of parent queue names to their definitions")
+    elif len(raw_queues) > MAX_QUEUES:
+        problems.append(f"queues: {len(raw_queues):,} queues, above the limit of {MAX_QUEUES:,}")
     else:
         for name, raw in raw_queues.items():
             queue = _queue(str(name), raw, vaults, problems)
             if queue is not None:
                 queues[queue.name] = queue
+        total = sum(len(q.sub_queues) for q in queues.values())
+        if total > MAX_QUEUES:
+            problems.append(f"queues: {total:,} queues counting sub-queues, above the limit of {MAX_QUEUES:,} "
+                            "(an agent consumes at most that many)")
     settings: dict[str, Any] = {}
     for key in ("redis", "advertise_redis"):
         value = data.get(key)
@@ -164,6 +177,9 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
 def _api_keys(raw: Any, problems: list[str]) -> list[ApiKey]:
     if not isinstance(raw, list) or not raw:
         problems.append("api_keys: is required: a list of {name, key, role} (role: worker, client or admin)")
+        return []
+    if len(raw) > MAX_ENTRIES:
+        problems.append(f"api_keys: {len(raw):,} keys, above the limit of {MAX_ENTRIES:,}")
         return []
     keys: list[ApiKey] = []
     seen: set[str] = set()
@@ -197,6 +213,9 @@ def _vaults(raw: Any, problems: list[str]) -> dict[str, dict[str, str]]:
     if not isinstance(raw, dict):
         problems.append("vaults: must be a mapping of vault names to {VARIABLE: value} mappings")
         return {}
+    if len(raw) > MAX_ENTRIES:
+        problems.append(f"vaults: {len(raw):,} vaults, above the limit of {MAX_ENTRIES:,}")
+        return {}
     out: dict[str, dict[str, str]] = {}
     for name, entries in raw.items():
         values = _env_map(entries, f"vaults.{name}", problems, secret=True)
@@ -218,8 +237,8 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         if key not in ("priority", "sub_queues", "deployment", "task_defaults"):
             problems.append(f"{path}.{key}: unknown key (expected priority, sub_queues, deployment, task_defaults)")
     priority = raw.get("priority", 1)
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
-        problems.append(f"{path}.priority: must be a positive integer")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= MAX_WEIGHT:
+        problems.append(f"{path}.priority: must be an integer from 1 to {MAX_WEIGHT:,}")
         priority = 1
     subs = _sub_queues(name, raw.get("sub_queues"), path, problems) or {name: priority}
     deployment, secrets, token = _deployment(raw.get("deployment"), f"{path}.deployment", vaults, problems)
@@ -247,6 +266,9 @@ def _sub_queues(parent: str, raw: Any, path: str, problems: list[str]) -> dict[s
     else:
         problems.append(f"{path}.sub_queues: must be a mapping of name: priority or a list of {{name, priority}}")
         return {}
+    if len(items) > MAX_QUEUES:
+        problems.append(f"{path}.sub_queues: {len(items):,} sub-queues, above the limit of {MAX_QUEUES:,}")
+        return {}
     out: dict[str, int] = {}
     for name, priority, where in items:
         name = str(name)
@@ -254,8 +276,9 @@ def _sub_queues(parent: str, raw: Any, path: str, problems: list[str]) -> dict[s
         if not _NAME.fullmatch(full[len(parent) + 1:]):
             problems.append(f"{where}: sub-queue name {name!r} must be letters, digits, '-' and '_'")
             continue
-        if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
-            problems.append(f"{where}: priority must be a positive integer (the weight), got {priority!r}")
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= MAX_WEIGHT:
+            problems.append(f"{where}: priority (the weight) must be an integer from 1 to {MAX_WEIGHT:,}, "
+                            f"got {printable(repr(priority), 60)}")
             continue
         if full in out:
             problems.append(f"{where}: sub-queue {full!r} is listed twice")
@@ -303,12 +326,15 @@ def _deployment(raw: Any, path: str, vaults: dict[str, dict[str, str]],
     if mode not in MODES:
         problems.append(f"{path}.mode: must be long_running or one_shot, got {mode!r}")
     out["mode"] = mode
-    for key, default, minimum in (("startup_timeout_secs", 60, 1), ("processes", None, 1)):
+    for key, default, minimum, maximum in (("startup_timeout_secs", 60, 1, None),
+                                           ("processes", None, 1, MAX_PROCESSES)):
         value = raw.get(key, default)
         if key == "processes" and value in (None, "auto"):
             continue  # the agent starts as many children as its worker.concurrency needs
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            problems.append(f"{path}.{key}: must be an integer >= {minimum}"
+        if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+                or (maximum is not None and value > maximum)):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            problems.append(f"{path}.{key}: must be an integer {bounds}"
                             + (" or auto" if key == "processes" else ""))
         out[key] = value
     storage = raw.get("redis_storage", True)
@@ -320,6 +346,9 @@ def _deployment(raw: Any, path: str, vaults: dict[str, dict[str, str]],
     secrets: dict[str, str] = {}
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         problems.append(f"{path}.vaults: must be a list of vault names")
+        names = []
+    elif len(names) > MAX_ENTRIES:
+        problems.append(f"{path}.vaults: {len(names):,} vault names, above the limit of {MAX_ENTRIES:,}")
         names = []
     for name in names:
         if name not in vaults:
@@ -345,8 +374,8 @@ def _defaults(raw: Any, path: str, problems: list[str]) -> TaskDefaults:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "max_retry":
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{path}.max_retry: must be an integer >= 0")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT32:
+                problems.append(f"{path}.max_retry: must be an integer from 0 to {MAX_INT32:,}")
             else:
                 values[key] = value
         elif key in ("timeout", "retention"):
@@ -380,6 +409,9 @@ def _env_map(raw: Any, path: str, problems: list[str], *, secret: bool = False) 
     if not isinstance(raw, dict):
         problems.append(f"{path}: must be a mapping of VARIABLE: value")
         return None
+    if len(raw) > MAX_ENTRIES:
+        problems.append(f"{path}: {len(raw):,} variables, above the limit of {MAX_ENTRIES:,}")
+        return None
     out: dict[str, str] = {}
     for name, value in raw.items():
         if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
@@ -389,6 +421,9 @@ def _env_map(raw: Any, path: str, problems: list[str], *, secret: bool = False) 
             problems.append(f"{path}.{name}: must be a string or a number")
             continue
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if (problem := env_value_problem(name, text)) is not None:
+            problems.append(f"{path}.{name}: {problem}")
+            continue
         if secret:
             register_secret(text)
         out[name] = text
