@@ -141,8 +141,11 @@ def _handler_deadline(message: dict[str, Any], started_at: float) -> float | Non
 
 
 def _deadline_text(ctx: TaskContext, started_at: float) -> str:
+    """asynq's ``context deadline exceeded`` first (what its tooling and users search for),
+    then how long the handler had."""
     seconds = ctx.timeout if ctx.timeout else (ctx.deadline or started_at) - started_at
-    return f"timeout: task exceeded its deadline of {max(seconds, 0.0):g}s"
+    return (f"context deadline exceeded: task exceeded its deadline of "
+            f"{round(max(seconds, 0.0), 3):g}s (its async handler was cancelled)")
 
 
 class _Server:

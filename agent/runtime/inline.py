@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.broker import DequeuedTask
-from agent.supervisor.outcome import Outcome
+from agent.supervisor.outcome import Outcome, deadline_exceeded
 
 Handler = Callable[[bytes, DequeuedTask], Awaitable[Any]]
 
@@ -40,7 +40,8 @@ class InlineExecutor:
         try:
             value = await asyncio.wait_for(run, max(0.0, deadline - time.time()))
         except TimeoutError:
-            return Outcome("retry", error=f"timeout: task exceeded its deadline of {deadline:.0f}")
+            return Outcome("retry", error=deadline_exceeded(
+                _seconds_given(task, deadline), "the handler was cancelled"))
         except asyncio.CancelledError:
             return Outcome("retry", error="context canceled")
         except SkipRetry as exc:
@@ -72,3 +73,13 @@ class InlineExecutor:
 
     def status(self) -> list[dict]:
         return [{"kind": "inline", "in_flight": len(self._running)}]
+
+
+def _seconds_given(task: DequeuedTask, deadline: float) -> float:
+    """How long the handler had: the task's timeout when that set the deadline (the
+    processor's deadline counts whole seconds), otherwise up to the task's own deadline."""
+    assert task.message is not None
+    timeout = task.message.timeout
+    if timeout > 0 and deadline >= int(task.started_at) + timeout:
+        return float(timeout)
+    return deadline - task.started_at

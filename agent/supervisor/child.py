@@ -24,7 +24,7 @@ import psutil
 from agent.supervisor.channel import PrivateChannel
 from agent.supervisor.health import Capacity, CrashSuspects
 from agent.supervisor.launch import ChildSpec, rlimit_setter
-from agent.supervisor.outcome import Outcome
+from agent.supervisor.outcome import Outcome, deadline_exceeded
 from agent.supervisor.output import STDERR_LINE_LIMIT, ChildOutput, ChildStartupError
 from agent.supervisor.protocol import (
     LineSplitter,
@@ -362,7 +362,7 @@ class Child(ChildOutput):
     def _deadline_passed(self, request: TaskRequest) -> None:
         on_outcome = self._pending.pop(request.task_id, None)
         self._cancelled.discard(request.task_id)
-        seconds = request.timeout or 0.0
+        seconds = self.ledger.handler_seconds(request.task_id)
         log.warning(
             "queue %s: task %s exceeded its deadline; killing child process %s",
             self.spec.queue,
@@ -371,14 +371,14 @@ class Child(ChildOutput):
         )
         self.kill(f"task {request.task_id} exceeded its deadline")
         if on_outcome is not None:
-            limit = f"timeout of {seconds:g}s" if seconds else "deadline"
-            on_outcome(
-                Outcome(
-                    "retry",
-                    error=f"timeout: task exceeded its {limit} "
-                    f"(child process {self.pid} killed and replaced)",
-                )
-            )
+            if request.timeout and seconds >= request.timeout - 0.001:
+                why = "its timeout"
+            elif request.deadline is not None:
+                why = "the task's deadline"
+            else:
+                why = "asynq's default timeout of 30 minutes"
+            on_outcome(Outcome("retry", error=deadline_exceeded(
+                seconds, f"{why}; child process {self.pid} killed and replaced")))
 
     def _task_finished(self, task_id: str) -> None:
         """The child answered ``task_id``: its slot goes to the task waiting longest, or

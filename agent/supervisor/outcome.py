@@ -9,6 +9,16 @@ from agent.broker import DequeuedTask
 
 OutcomeKind = Literal["success", "retry", "archive", "requeue"]
 
+DEADLINE_EXCEEDED = "context deadline exceeded"
+"""asynq's error text for a task past its deadline (Go's ``context.DeadlineExceeded``)."""
+
+
+def deadline_exceeded(seconds: float, detail: str) -> str:
+    """``context deadline exceeded: task exceeded its deadline of 2s (detail)``: asynq's text
+    first, which its tooling and users search for, then how long the handler had and why."""
+    return (f"{DEADLINE_EXCEEDED}: task exceeded its deadline of {round(max(seconds, 0.0), 3):g}s "
+            f"({detail})")
+
 
 @dataclass(slots=True)
 class Outcome:

@@ -21,8 +21,9 @@ class SlotLedger:
     """The tasks one child holds.
 
     ``outcomes``: every task held, with what to call with its outcome (popped exactly once).
-    ``running``: the tasks whose handler runs now, with the time its deadline falls; a task
-    whose caller gave up (withdrawn) stays there, its slot busy, until the child answers it.
+    ``running``: the tasks whose handler runs now, with the time its deadline falls and the
+    time it started; a task whose caller gave up (withdrawn) stays there, its slot busy,
+    until the child answers it.
     ``waiting``: tasks sent ahead of a free slot, in the order the child starts them (it
     starts the next one as soon as a handler finishes, which is when its clock starts here).
     """
@@ -34,7 +35,7 @@ class SlotLedger:
         self.slots = slots
         self.prefetch = prefetch
         self.outcomes: dict[str, OnOutcome] = {}
-        self.running: dict[str, tuple[float, TaskRequest]] = {}
+        self.running: dict[str, tuple[float, TaskRequest, float]] = {}
         self.waiting: deque[TaskRequest] = deque()
 
     def holds(self, task_id: str) -> bool:
@@ -54,7 +55,7 @@ class SlotLedger:
         False when it waits for one."""
         self.outcomes[request.task_id] = on_outcome
         if len(self.running) < self.slots:
-            self.running[request.task_id] = (request.handler_deadline(now), request)
+            self.running[request.task_id] = (request.handler_deadline(now), request, now)
             self.capacity.running += 1
             return True
         self.waiting.append(request)
@@ -66,7 +67,7 @@ class SlotLedger:
         if self.running.pop(task_id, None) is not None:
             if self.waiting:
                 request = self.waiting.popleft()
-                self.running[request.task_id] = (request.handler_deadline(now), request)
+                self.running[request.task_id] = (request.handler_deadline(now), request, now)
             else:
                 self.capacity.running -= 1
             return
@@ -88,7 +89,12 @@ class SlotLedger:
 
     def first_late(self, limit: float) -> TaskRequest | None:
         """A running task whose deadline is at or before ``limit``."""
-        return next((req for deadline, req in self.running.values() if deadline <= limit), None)
+        return next((req for deadline, req, _ in self.running.values() if deadline <= limit), None)
+
+    def handler_seconds(self, task_id: str) -> float:
+        """How long the running task's handler was given (its deadline less its start)."""
+        deadline, _, started = self.running[task_id]
+        return deadline - started
 
     def release_all(self) -> dict[str, OnOutcome]:
         """The child is gone: forget everything; returns the outcome callbacks still due."""
