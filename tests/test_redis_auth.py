@@ -136,6 +136,67 @@ async def test_rotating_credentials_apply_to_the_next_connection(locked_redis):
         sync.close()
 
 
+def _gate(attempts: int, answers: list):
+    """A server-mode RedisAuth whose registrations return ``answers`` in turn, waiting no time."""
+    from agent.bootstrap.models import RedisConnection
+    from agent.config.model import Secret
+    from agent.runtime.redis_auth import RedisAuth
+
+    asked: list[int] = []
+
+    async def register_again() -> RedisConnection:
+        asked.append(1)
+        url, password = answers.pop(0)
+        return RedisConnection(url=url, password=Secret(password))
+
+    first = RedisConnection(url="redis://10.0.0.5:6379/0", password=Secret(WRONG))
+    return RedisAuth.from_server(first, "http://control.example", register_again, attempts), asked
+
+
+async def no_wait(seconds: float) -> bool:
+    assert 0 < seconds <= 60
+    return False
+
+
+async def test_same_credentials_give_up_after_the_attempts_new_ones_start_over():
+    from agent.runtime.redis_auth import RedisAuthRejected
+
+    rejected = redis.AuthenticationError("invalid username-password pair or user is disabled.")
+    url = "redis://10.0.0.5:6379/0"
+    auth, asked = _gate(2, [(url, "rotated-password-1"), (url, "rotated-password-1")])
+    kwargs = auth.client_kwargs({"password": WRONG, "ssl_ca_certs": "ca.pem"})
+    assert kwargs == {"ssl_ca_certs": "ca.pem", "credential_provider": auth.credentials}
+    assert await auth.rejected(rejected, no_wait)  # new credentials: tried, a new count
+    assert auth.credentials.matches(None, "rotated-password-1") and auth.rejections == 0
+    assert "rejected the credentials" in auth.problem and WRONG not in auth.problem
+    assert await auth.rejected(rejected, no_wait)  # the same again: rejection 1 of 2
+    with pytest.raises(RedisAuthRejected, match="same credentials") as info:
+        await auth.rejected(rejected, no_wait)
+    assert info.value.exit_code == EXIT_AUTH and len(asked) == 2
+    assert "server.redis_auth_attempts" in str(info.value) and "rotated-password-1" not in str(info.value)
+    auth.accepted()
+    assert auth.problem is None
+
+
+async def test_one_attempt_another_redis_and_a_stop_while_waiting():
+    from agent.runtime.redis_auth import RedisAuthRejected
+
+    rejected = redis.AuthenticationError("Authentication required.")
+    auth, asked = _gate(1, [])
+    with pytest.raises(RedisAuthRejected):
+        await auth.rejected(rejected, no_wait)
+    assert asked == []  # 1: no second registration
+    auth, _ = _gate(0, [("redis://10.0.0.6:6379/0", WRONG)])
+    with pytest.raises(RedisAuthRejected, match="another Redis .*10.0.0.6"):
+        await auth.rejected(rejected, no_wait)
+
+    async def stopped(seconds: float) -> bool:
+        return True
+
+    auth, asked = _gate(0, [])
+    assert await auth.rejected(rejected, stopped) is False and asked == []
+
+
 # -- server mode ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
