@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from typing import IO, Any
+from urllib.parse import unquote
 
 try:  # orjson is a dependency, but logging must still work where it is missing.
     import orjson
@@ -37,6 +38,7 @@ __all__ = [
     "redact",
     "redact_url",
     "register_secret",
+    "url_secrets",
     "setup_logging",
 ]
 
@@ -60,7 +62,15 @@ _CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "git")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _secrets_pattern: re.Pattern[str] | None = None
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s]*:)(?P<pw>[^@/\s]+)(?=@)")
+# scheme://userinfo@ : the userinfo runs to the last "@" before the path, query or fragment (an
+# unencoded "@" in a password is read that way by urllib and redis-py too).
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s]*)@")
+# Query parameters that carry credentials: ?password=, ?sentinel_password=, ?token=, ?api_key= ...
+_URL_SECRET_PARAM = re.compile(
+    r"(?P<head>[?&;](?:[\w.\-]*(?:password|passwd|pwd|secret|token|credential|signature)[\w.\-]*"
+    r"|api[_\-]?key|access[_\-]?key|key|sig|auth)=)(?P<value>[^&#\s\"'<>]+)", re.IGNORECASE)
+# Schemes where a user without a password is an account name (git@), not a token.
+_USER_IS_NAME = ("ssh://", "git+ssh://", "ssh+git://", "sftp://")
 
 
 def register_secret(value: str | None) -> None:
@@ -108,10 +118,42 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
 
 
 def redact_url(text: str) -> str:
-    """Mask the password part of every ``scheme://user:password@host`` in ``text``."""
+    """Mask the credentials of every URL in ``text``.
+
+    ``scheme://user:password@host`` keeps the user (``user:***@``); a user alone is masked too
+    (``https://***@github.com``: a token is often given that way), except for ssh URLs
+    (``ssh://git@host``); query parameters such as ``?password=``, ``?token=`` or ``?api_key=``
+    keep their name only.
+    """
     if "://" not in text:
         return text
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _URL_SECRET_PARAM.sub(lambda m: m.group("head") + MASK, text)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    scheme, userinfo = match.group("scheme"), match.group("userinfo")
+    user, colon, _ = userinfo.partition(":")
+    if colon:
+        return f"{scheme}{user}:{MASK}@"
+    if not userinfo or scheme.lower() in _USER_IS_NAME:
+        return match.group(0)
+    return f"{scheme}{MASK}@"
+
+
+def url_secrets(text: str) -> list[str]:
+    """The credentials in the URLs of ``text`` (as written and percent-decoded), i.e. what
+    :func:`redact_url` masks, to register or to mask where they appear outside a URL."""
+    found: list[str] = []
+    for match in _URL_USERINFO.finditer(text):
+        user, colon, password = match.group("userinfo").partition(":")
+        if colon:
+            found.append(password)
+        elif match.group("scheme").lower() not in _USER_IS_NAME:
+            found.append(user)
+    found += [m.group("value") for m in _URL_SECRET_PARAM.finditer(text)]
+    values = [v for v in found if v] + [unquote(v) for v in found if v]
+    return list(dict.fromkeys(values))
 
 
 def _redact_value(value: Any) -> Any:
