@@ -197,6 +197,21 @@ async def test_one_attempt_another_redis_and_a_stop_while_waiting():
     assert await auth.rejected(rejected, stopped) is False and asked == []
 
 
+def test_redis_auth_attempts_is_validated(tmp_path):
+    from agent.config import ConfigError, load_config
+
+    path = tmp_path / "agent.yml"
+    for value, expected in ((0, 0), (5, 5), (None, 2)):
+        server = {"url": "http://127.0.0.1:1", "api_key": WORKER_KEY, "redis_auth_attempts": value}
+        path.write_text(yaml.safe_dump({"server": server, "worker": {"queues": ["jobs"]}}))
+        assert load_config(path, environ={}).server.redis_auth_attempts == expected
+    for bad in (-1, "twice", 1.5):
+        server = {"url": "http://127.0.0.1:1", "api_key": WORKER_KEY, "redis_auth_attempts": bad}
+        path.write_text(yaml.safe_dump({"server": server, "worker": {"queues": ["jobs"]}}))
+        with pytest.raises(ConfigError, match="server.redis_auth_attempts"):
+            load_config(path, environ={})
+
+
 # -- server mode ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
