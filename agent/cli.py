@@ -165,17 +165,20 @@ def _run(config: Config) -> int:
 
 
 def _summary(config: Config, path: Path | None) -> str:
+    """What ``-validate`` prints; every URL through :func:`agent.logs.redact_url` (credentials
+    masked), no secret field at all."""
     from agent.config import capacity_summary, format_duration
+    from agent.logs import redact_url
 
     lines = [f"config OK: {path if path is not None else '(environment only)'}",
              f"  {capacity_summary(config)}"]
     if config.local_mode:
         dep, redis = config.deployment, config.redis
-        code = f"git {dep.git_url}@{dep.commit or dep.branch}" if dep.git_url else f"path {dep.path}"
+        code = f"git {redact_url(dep.git_url)}@{dep.commit or dep.branch}" if dep.git_url else f"path {dep.path}"
         redis_url = redis.display_url if redis is not None else "-"
         lines.append(f"  mode: local (redis {redis_url}; code {code}; {dep.mode})")
     else:
-        lines.append(f"  mode: server ({config.server.url})")
+        lines.append(f"  mode: server ({redact_url(config.server.url or '-')})")
     queues = []
     for q in config.worker.queues:
         limit = f", limit {q.concurrency}" if q.concurrency is not None else ""

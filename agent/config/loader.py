@@ -7,9 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from agent.logs import MIN_SECRET_LENGTH, redact, register_secret
+from agent.logs import MIN_SECRET_LENGTH, redact, register_secret, url_secrets
 
 from .errors import ConfigError, Problem
 from .model import Config
@@ -59,7 +58,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
 
 
 def _secrets_in(data: Any) -> Iterable[str]:
-    """Secret values in the raw tree: secret fields and passwords embedded in URLs."""
+    """Secret values in the raw tree: secret fields and credentials embedded in URLs."""
     if not isinstance(data, dict):
         return
     for section, key in SECRET_FIELDS:
@@ -71,12 +70,7 @@ def _secrets_in(data: Any) -> Iterable[str]:
         value = data.get(section)
         value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str):
-            try:
-                password = urlsplit(value.strip()).password
-            except ValueError:
-                password = None
-            if password:
-                yield password
+            yield from url_secrets(value)
 
 
 def _ordered(problems: list[Problem], secrets: list[str]) -> list[Problem]:

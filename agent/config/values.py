@@ -65,8 +65,18 @@ def describe(value: Any, secret: bool = False) -> str:
     if secret:
         return "a string" if isinstance(value, str) else "a number"
     if isinstance(value, str):
-        return printable(json.dumps(_shorten(redact_url(value)), ensure_ascii=False))
+        return printable(json.dumps(_shorten(_without_credentials(value)), ensure_ascii=False))
     return _shorten(repr(value))
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with URL credentials masked; a URL too broken to parse (``https://u:pa/ss@host``)
+    loses everything between ``://`` and its last ``@``, where credentials would be."""
+    text = redact_url(text)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest:
+        text = f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return text
 
 
 def printable(text: str, limit: int | None = None) -> str:
@@ -335,6 +345,9 @@ def parse_redis_url(value: Any) -> str:
         raise Invalid(REDIS_URL_EXPECTED, f"expected {REDIS_URL_EXPECTED}; the port is not a number in 1-65535") from None
     if parts.scheme == "unix" and not parts.path:
         raise Invalid(REDIS_URL_EXPECTED, 'a unix URL needs a socket path: "unix:///run/redis.sock"')
+    if parts.scheme != "unix" and "@" in parts.path:
+        raise Invalid(REDIS_URL_EXPECTED, 'the URL has an "@" after a "/": write a "/" in the user name or '
+                      'password as %2F')
     db = parts.path.strip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise Invalid(REDIS_URL_EXPECTED, f"the database in a redis URL path must be a number, got {db!r}")

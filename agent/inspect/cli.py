@@ -12,7 +12,6 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
@@ -32,6 +31,8 @@ from agent.inspect.inspector import (
     InspectorError,
     TaskDetails,
 )
+from agent.logs import redact as redact_secrets
+from agent.logs import url_secrets
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 URL_ENV = "RUNDOWN_REDIS_URL"
@@ -42,17 +43,10 @@ CELL_WIDTH = 40
 # -- formatting -------------------------------------------------------------------------
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ***."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
-    except ValueError:
-        return "<unparsable URL>"
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with the credentials of every URL in it masked, and those of ``url`` wherever
+    they appear (a driver's message may quote them without the URL around them)."""
+    return redact_secrets(text, url_secrets(url) if url else [])
 
 
 def format_duration(seconds: float) -> str:
@@ -148,7 +142,7 @@ class Settings:
             try:
                 self._inspector = Inspector.from_url(self.url)
             except ValueError as exc:
-                raise InspectorError(f"invalid Redis URL {redact(self.url)!r}: {exc}") from exc
+                raise InspectorError(f"invalid Redis URL {redact(self.url)!r}: {redact(str(exc), self.url)}") from exc
         return self._inspector
 
     def close(self) -> None:
@@ -204,10 +198,11 @@ class InspectGroup(click.Group):
             _fail(ctx, str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             settings = ctx.find_object(Settings)
-            where = redact(settings.url) if settings else "?"
-            _fail(ctx, f"cannot reach Redis at {where}: {exc}")
+            url = settings.url if settings else None
+            _fail(ctx, f"cannot reach Redis at {redact(url) if url else '?'}: {redact(str(exc), url)}")
         except redis.RedisError as exc:
-            _fail(ctx, f"Redis error: {exc}")
+            settings = ctx.find_object(Settings)
+            _fail(ctx, f"Redis error: {redact(str(exc), settings.url if settings else None)}")
 
 
 def _fail(ctx: click.Context, message: str) -> None:
