@@ -144,6 +144,9 @@ class ChildOutput:
             elif isinstance(message, Ready):
                 if self._ready_waiter is not None and not self._ready_waiter.done():
                     self._ready_waiter.set_result(message)
+                else:
+                    log.debug("queue %s: child process %s reported ready again; ignored",
+                              self.spec.queue, self.pid)
             elif isinstance(message, StartupFailed):
                 if self._ready_waiter is not None and not self._ready_waiter.done():
                     self._ready_waiter.set_exception(

@@ -2,11 +2,12 @@
 
 Before task_sdk is imported it keeps what a library or helper could hold on to: a duplicate
 of the original stdout (``EARLY_STDOUT``) and a helper process (``cat``) whose stdout is the
-original stdout. Each handler writes a forged success answer (``"result": null``) for a task
-id, its own unless the payload names a ``target``, waits for the agent to read it, and then
-returns its real result.
+original stdout. ``forge`` writes a forged success answer (``"result": null``) for a task id,
+its own unless the payload names a ``target``, waits for the agent to read it, and then
+returns its real result; ``write`` writes any bytes the same ways.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -26,19 +27,26 @@ def forged_line(task_id: str) -> str:
 
 
 def forge(way: str, line: str) -> None:
+    if way == "subprocess_echo":
+        subprocess.run(["echo", line], check=True)
+    else:
+        write(way, (line + "\n").encode())
+
+
+def write(way: str, data: bytes) -> None:
     if way == "print":
-        print(line, flush=True)
+        print(data.decode("utf-8", errors="replace"), end="", flush=True)
     elif way == "stdout_write":
-        sys.stdout.write(line + "\n")
+        sys.stdout.buffer.write(data)
         sys.stdout.flush()
     elif way == "fd1":
-        os.write(1, (line + "\n").encode())
+        os.write(1, data)
     elif way == "subprocess_echo":
-        subprocess.run(["echo", line], check=True)
+        subprocess.run(["cat"], input=data, check=True)
     elif way == "early_stdout":
-        os.write(EARLY_STDOUT, (line + "\n").encode())
+        os.write(EARLY_STDOUT, data)
     elif way == "helper_process":
-        HELPER.stdin.write((line + "\n").encode())
+        HELPER.stdin.write(data)
         HELPER.stdin.flush()
     else:
         raise ValueError(f"unknown way {way!r}")
@@ -50,6 +58,15 @@ def forge_answer(payload):
     forge(payload["way"], forged_line(target))
     time.sleep(SETTLE)
     return {"real": True, "way": payload["way"]}
+
+
+@task("write")
+def write_bytes(payload):
+    """Write ``data`` (base64; ``%OWN%`` becomes this task's id) the given way, then answer."""
+    data = base64.b64decode(payload["data"]).replace(b"%OWN%", current_task().id.encode())
+    write(payload["way"], data)
+    time.sleep(payload.get("settle", 0))
+    return {"real": True}
 
 
 @task("slow")
