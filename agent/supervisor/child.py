@@ -207,11 +207,15 @@ class Child(ChildOutput):
         log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, ledger.slots)
 
     def _use_channel(self, channel: str) -> None:
-        """The child speaks the protocol on ``channel`` ("private" or "stdout") from now on;
-        a runqy-style child's private pipes are let go."""
+        """The child speaks the protocol on ``channel`` ("private" or "stdout") from now on.
+        The stream it does not use is let go: a task_sdk child's stdin (it reads /dev/null
+        by now; nothing it started before task_sdk can read requests there), a runqy-style
+        child's private pipes."""
         self.channel = channel
         if channel == "private" and self._private is not None:
             self._requests = self._private.writer
+            if self._stdin is not None:
+                self._stdin.close()
         else:
             self._requests = self._stdin
             if self._private is not None:
