@@ -172,3 +172,25 @@ def test_forged_answers_through_a_real_agent_leave_the_real_results_in_redis(red
 def _sdk_path() -> dict[str, str]:
     """Children import the same task_sdk as the tests do."""
     return {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+
+
+async def test_a_task_sdk_without_the_private_channel_speaks_over_stdout(tmp_path):
+    """A task_sdk that does not know the private channel (an older copy the deployment pins)
+    is served as before: over stdin and stdout, with its slots."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import os\n"
+        "os.environ.pop('RUNDOWN_PROTOCOL_FDS')\n"
+        "from task_sdk import run, task\n"
+        "@task\n"
+        "async def echo(payload):\n"
+        "    return payload\n"
+        "run()\n")
+    child = Child(make_spec(str(app), async_limit=4))
+    await child.start()
+    try:
+        assert child.channel == "stdout" and child.slots == 4
+        outcomes = await asyncio.gather(*(child.run(request("any", [n])) for n in range(8)))
+        assert outcomes == [Outcome("success", result=f"[{n}]".encode()) for n in range(8)]
+    finally:
+        await child.stop(grace=1.0)
