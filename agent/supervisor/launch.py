@@ -43,8 +43,9 @@ class ChildSpec:
     * ``max_memory_bytes``: recycle a child whose RSS exceeds this, checked after each task.
     * ``rlimit_as_bytes``, ``rlimit_cpu_seconds``: one_shot children only: RLIMIT_AS and
       RLIMIT_CPU set in the child before it executes the command.
-    * ``line_limit``: longest stdout line accepted from a child (bytes); longer ones are
-      discarded with an error, and a response that long fails its task.
+    * ``line_limit``: longest line accepted from a child's protocol channel or stdout
+      (bytes); longer ones are discarded with an error, and a response that long fails its
+      task.
     * ``queue``: for logs and error texts.
     * ``stop_grace``: seconds between SIGTERM and SIGKILL when a child is stopped.
     * ``deadline_grace``: seconds after a task's deadline before the agent gives up on the

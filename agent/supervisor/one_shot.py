@@ -19,7 +19,8 @@ log = logging.getLogger("agent.supervisor")
 
 
 class OneShotPool(ChildPool):
-    """Starts a child per task: ready, one request, stdin closed, the answer, the exit.
+    """Starts a child per task: ready, one request, its request channel closed, the
+    answer, the exit.
 
     The spec's rlimits apply to these children. A child that fails to start leaves its task
     ``requeue``d (the task never ran); ``max_crashes`` such failures within ``crash_window``

@@ -1,7 +1,8 @@
 """The JSON-lines protocol between the agent and a child process (see docs/protocol.md).
 
-Encoding of requests, splitting of the child's stdout into lines under a size limit, and
-classification of each line: ready, startup error, task response, or plain child output.
+Encoding of requests, splitting of what a child writes (its protocol channel, its stdout)
+into lines under a size limit, and classification of each line: ready, startup error, task
+response, or plain child output.
 Compatible with runqy's protocol: a child written for the runqy Python SDK works unchanged.
 """
 
@@ -217,7 +218,7 @@ class StatusMessage:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """A stdout line that is not a protocol message: the child's own output, to be logged."""
+    """A line that is not a protocol message: the child's own output, to be logged."""
 
     text: str
     note: str = ""
@@ -230,7 +231,7 @@ _MARKERS = (b'{"task_id"', b'{"status"')
 
 
 def parse_line(line: bytes) -> list[ChildMessage]:
-    """Classify one stdout line; never raises.
+    """Classify one line a child wrote; never raises.
 
     A line where output printed without a newline ran into a protocol message
     (``hello{"task_id": ...}``, the runqy failure mode) is split into the output and the
