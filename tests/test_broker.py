@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agent.broker import Broker, LeaseLostError, TaskNotFoundError, keys
+from agent.broker.malformed import RAW_MSG_FIELD
 from agent.broker.messages import TaskMessage, decode_task_message, encode
 from agent.broker.options import EnqueueOptions
 from tests.keystate import key_state
@@ -54,7 +55,10 @@ async def test_undecodable_message_is_archived_with_its_bytes_kept(broker, r):
     [task], _ = await broker.dequeue(Q)
     assert task.message is None and "undecodable" in task.decode_error
     assert await broker.fail(task, task.decode_error) == "archived"
-    assert r.hget(keys.task_key(Q, "bad"), "msg") == bad
+    # a valid stand-in msg carries the reason (asynq's LastErr); the original bytes are kept
+    stand_in = decode_task_message(r.hget(keys.task_key(Q, "bad"), "msg"))
+    assert (stand_in.id, stand_in.queue, stand_in.error_msg) == ("bad", Q, task.decode_error)
+    assert r.hget(keys.task_key(Q, "bad"), RAW_MSG_FIELD) == bad
     assert r.zscore(keys.archived(Q), "bad") is not None
 
 

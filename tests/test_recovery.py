@@ -197,7 +197,7 @@ async def test_exhausted_and_undecodable_tasks_are_archived(broker, r):
     set_lease(r, "X", now - 5)
     set_lease(r, "bad", now - 5)
     assert await broker.recover_expired(Q) == {"retry": 0, "archived": 2, "orphans": 0}
-    assert r.hget(keys.task_key(Q, "bad"), "msg") == b"\xff\xfe not protobuf"
+    assert r.hget(keys.task_key(Q, "bad"), "rundown_raw_msg") == b"\xff\xfe not protobuf"
 
 
 # -- fence and recovery never overlap ------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,11 @@ from agent.broker.errors import (
     TaskIDConflictError,
     TaskNotFoundError,
 )
+from agent.broker.malformed import RAW_MSG_FIELD, check_message, stand_in_message
 from agent.broker.messages import (
-    MessageDecodeError,
     ServerInfo,
     TaskMessage,
     WorkerInfo,
-    decode_task_message,
     encode,
 )
 from agent.broker.options import EnqueueOptions, EnqueueResult
@@ -40,10 +40,13 @@ from agent.broker.scripts import Scripts, fenced
 from agent.broker.scripts import source as script_source
 from agent.broker.taskinfo import TaskInfo, task_info_from_hash
 
+log = logging.getLogger("agent.broker")
+
 
 @dataclass(slots=True)
 class DequeuedTask:
-    """A task we hold. ``message`` is None when ``raw`` is not a valid TaskMessage."""
+    """A task we hold. ``message`` is None when ``raw`` is malformed (not a TaskMessage, or
+    one naming another ID or queue); ``decode_error`` then says why."""
 
     id: str
     queue: str
@@ -57,8 +60,8 @@ class DequeuedTask:
         return (time.time() if now is None else now) < self.lease_expiry
 
     def placeholder_message(self) -> TaskMessage:
-        """A minimal message for writing the fate of an undecodable task."""
-        return TaskMessage(id=self.id, queue=self.queue)
+        """The message written in place of a malformed one (``malformed.stand_in_message``)."""
+        return stand_in_message(self.raw, self.id, self.queue)
 
 
 @dataclass(frozen=True)
@@ -76,21 +79,9 @@ SCAN_CHUNK = 250
 SCAN_LIMIT = 1000
 
 
-def _decode_found(raw: bytes, task_id: str, queue: str) -> tuple[TaskMessage | None, str]:
-    """Decode the message of a task found under ``queue``/``task_id``.
-
-    A message that names another ID or queue is treated as undecodable: the outcome scripts
-    address keys by the message's queue and ID, so trusting it would leave the task active
-    forever (every write NOT FOUND, recovery too). It is archived with the reason instead.
-    """
-    try:
-        message = decode_task_message(raw)
-    except MessageDecodeError as exc:
-        return None, str(exc)
-    if message.id != task_id or message.queue != queue:
-        return None, (f"invalid asynq TaskMessage: it names task {message.id!r} of queue "
-                      f"{message.queue!r} but was found as task {task_id!r} of queue {queue!r}")
-    return message, ""
+def _warn_archived_malformed(queue: str, task_id: str, reason: str) -> None:
+    log.warning("archived task %s of queue %s: %s (its original msg is kept in the task hash "
+                "field %s)", task_id, queue, reason, RAW_MSG_FIELD)
 
 
 def _raise_for_enqueue(code: int, result: EnqueueResult) -> EnqueueResult:
@@ -208,7 +199,7 @@ class Broker:
             if raw is None:
                 orphans.append(task_id)
                 continue
-            message, error = _decode_found(raw, task_id, queue)
+            message, error = check_message(raw, task_id, queue)
             tasks.append(DequeuedTask(task_id, queue, raw, message, expiry, error, now))
         return tasks
 
@@ -259,6 +250,13 @@ class Broker:
                 await self._run(call)
         except ResponseError as exc:
             raise self._outcome_error(task, exc) from exc
+        self._after_write(task, call)
+
+    @staticmethod
+    def _after_write(task: DequeuedTask, call: ScriptCall) -> None:
+        """An outcome is written: a malformed task's archive gets its one WARNING line."""
+        if task.message is None and call.script == "archive":
+            _warn_archived_malformed(task.queue, task.id, task.decode_error)
 
     def write_outcome_soon(self, task: DequeuedTask, call: ScriptCall,
                            on_written: Callable[[BaseException | None], None]) -> None:
@@ -270,7 +268,11 @@ class Broker:
             return
 
         def written(result) -> None:
-            on_written(self._outcome_error(task, result) if isinstance(result, BaseException) else None)
+            if isinstance(result, BaseException):
+                on_written(self._outcome_error(task, result))
+                return
+            self._after_write(task, call)
+            on_written(None)
 
         if self._batcher is not None:
             self._batcher.submit(self._fenced(task, call), written)
@@ -459,23 +461,25 @@ class Broker:
                                         flat[i + 2], bool(flat[i + 3])))
         return out
 
-    def _recovery_call(self, expired: ExpiredLease) -> tuple[ScriptCall, str]:
-        """Retry or archive, as asynq's recoverer does. Retried at once, back at the head of
+    def _recovery_call(self, expired: ExpiredLease) -> tuple[ScriptCall, str, str]:
+        """Retry or archive, as asynq's recoverer does; returns the call, the state it leaves
+        and, for a malformed message (archived), the reason recorded. Retried at once, back at the head of
         pending, when the lease was ours (fenced: its holder can no longer write; it died or
         stalled, and the task has waited for the recovery already), unless its previous
         failure was a lease expiry too (a task that may be killing its agents gets asynq's
         backoff); asynq's backoff for any other lease."""
-        message, error = _decode_found(expired.raw, expired.id, expired.queue)
+        message, error = check_message(expired.raw, expired.id, expired.queue)
         reason = LEASE_EXPIRED_ERROR if message else f"{LEASE_EXPIRED_ERROR}; {error}"
         now = time.time()
-        if message is None or plans.failure_decision(message, False) == "archive":
-            msg = message if message is not None else TaskMessage(id=expired.id, queue=expired.queue)
-            raw = expired.raw if message is None else None
-            return plans.archive_call(msg, reason, now, raw), "archived"
+        if message is None:
+            stand_in = stand_in_message(expired.raw, expired.id, expired.queue)
+            return plans.archive_call(stand_in, reason, now, expired.raw), "archived", reason
+        if plans.failure_decision(message, False) == "archive":
+            return plans.archive_call(message, reason, now), "archived", ""
         if expired.fenced and message.error_msg != LEASE_EXPIRED_ERROR:
-            return plans.retry_now_call(message, reason, now), "retry"
+            return plans.retry_now_call(message, reason, now), "retry", ""
         delay = plans.default_retry_delay(message.retried)
-        return plans.retry_call(message, reason, now + delay, now, True), "retry"
+        return plans.retry_call(message, reason, now + delay, now, True), "retry", ""
 
     async def recover_expired_many(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
         """Retry or archive every task of ``queues`` whose lease is due for recovery
@@ -484,25 +488,26 @@ class Broker:
         recovered by someone else, is left alone. Returns counts per queue, for the queues
         that had any."""
         counts: dict[str, dict[str, int]] = {}
-        planned: list[tuple[ExpiredLease, ScriptCall, str]] = []
+        planned: list[tuple[ExpiredLease, ScriptCall, str, str]] = []
         for expired in await self.list_lease_expired(queues):
             if expired.raw is None:
                 dropped = await self.drop_orphan(expired.queue, expired.id)
                 counts.setdefault(expired.queue, {"retry": 0, "archived": 0, "orphans": 0})["orphans"] += dropped
                 continue
-            call, state = self._recovery_call(expired)
-            planned.append((expired, call, state))
+            planned.append((expired, *self._recovery_call(expired)))
         if planned:
             results = await self._evalsha_many([
                 (self._claimed[call.script], call.keys, [expired.score, *call.args])
-                for expired, call, _ in planned])
-            for (expired, _call, state), result in zip(planned, results, strict=True):
+                for expired, call, _, _ in planned])
+            for (expired, _call, state, malformed), result in zip(planned, results, strict=True):
                 if isinstance(result, ResponseError) and (
                         "NOT FOUND" in str(result) or "LEASE RENEWED" in str(result)):
                     continue  # finished, recovered elsewhere, or renewed by its live holder
                 if isinstance(result, Exception):
                     raise result
                 counts.setdefault(expired.queue, {"retry": 0, "archived": 0, "orphans": 0})[state] += 1
+                if malformed:
+                    _warn_archived_malformed(expired.queue, expired.id, malformed)
         return counts
 
     async def recover_expired(self, queue: str) -> dict[str, int]:

@@ -207,14 +207,14 @@ def retry_now_call(msg: TaskMessage, error: str, now: float) -> ScriptCall:
 
 
 def archive_call(msg: TaskMessage, error: str, now: float, raw: bytes | None = None) -> ScriptCall:
-    """Archive; ``raw`` keeps an undecodable original msg untouched."""
-    data = raw if raw is not None else _failed_message(msg, error, now, count_retry=False)
-    return ScriptCall(
-        "archive",
-        _failure_keys(msg, keys.archived(msg.queue), now),
-        [msg.id, data, int(now), int(now) - ARCHIVE_MAX_AGE, ARCHIVE_MAX_SIZE,
-         _stats_expiry(now), MAX_INT64, keys.task_prefix(msg.queue)],
-    )
+    """Archive ``msg`` with ``error``. ``raw``: the original bytes of a malformed message that
+    ``msg`` stands in for, kept in the hash field ``malformed.RAW_MSG_FIELD``."""
+    args = [msg.id, _failed_message(msg, error, now, count_retry=False), int(now),
+            int(now) - ARCHIVE_MAX_AGE, ARCHIVE_MAX_SIZE, _stats_expiry(now), MAX_INT64,
+            keys.task_prefix(msg.queue)]
+    if raw is not None:
+        args.append(raw)
+    return ScriptCall("archive", _failure_keys(msg, keys.archived(msg.queue), now), args)
 
 
 def requeue_call(queue: str, task_id: str) -> ScriptCall:

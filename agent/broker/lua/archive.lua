@@ -5,7 +5,8 @@
 -- KEYS[5] processed:<date>, KEYS[6] failed:<date>, KEYS[7] processed, KEYS[8] failed
 -- ARGV[1] task id, ARGV[2] new msg, ARGV[3] now (unix s), ARGV[4] cutoff (now - 90 days),
 -- ARGV[5] max archive size, ARGV[6] daily stats expiry, ARGV[7] max int64,
--- ARGV[8] task key prefix
+-- ARGV[8] task key prefix, ARGV[9] (optional) the original msg of a malformed task, kept
+-- in the field rundown_raw_msg (agent/broker/malformed.py) while ARGV[2] stands in for it
 if redis.call("LREM", KEYS[2], -1, ARGV[1]) == 0 then
     return redis.error_reply("NOT FOUND")
 end
@@ -24,6 +25,9 @@ for _, id in ipairs(too_many) do
     redis.call("ZREM", KEYS[4], id)
 end
 redis.call("HSET", KEYS[1], "msg", ARGV[2], "state", "archived")
+if ARGV[9] then
+    redis.call("HSET", KEYS[1], "rundown_raw_msg", ARGV[9])
+end
 redis.call("HDEL", KEYS[1], "fenced_lease")
 if redis.call("INCR", KEYS[5]) == 1 then
     redis.call("EXPIREAT", KEYS[5], ARGV[6])
