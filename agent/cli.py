@@ -192,12 +192,16 @@ def _summary(config: Config, path: Path | None) -> str:
 
 
 @click.command("demo")
-@click.option("--keep", is_flag=True, help="Keep the demo's working directory (logs, checkout).")
-def demo_command(keep: bool) -> None:
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The demo's directory, kept between runs (agent log, config, deployment "
+                   "cache); default $XDG_CACHE_HOME/rundown-agent/demo.")
+@click.option("--fresh", is_flag=True, help="Empty the demo's directory first (a first run: the "
+                                            "virtualenv is built again).")
+def demo_command(workdir: Path | None, fresh: bool) -> None:
     """Run the whole system locally: Redis, control server, agent, tasks and results."""
     from agent.demo import run_demo
 
-    raise SystemExit(run_demo(keep=keep))
+    raise SystemExit(run_demo(workdir, fresh=fresh))
 
 
 def _mount_subcommands() -> None:

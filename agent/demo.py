@@ -1,13 +1,22 @@
 """``rundown-agent demo``: the whole system on one machine, with nothing to set up.
 
-It starts a throwaway Redis, makes a git repository of ``examples/tasks``, serves it with
-the reference control server, starts a real agent that registers, deploys the code into a
-virtualenv and supervises its children, enqueues tasks over HTTP (as curl would) and from
-Python, prints what happened to each, and stops everything cleanly.
+It starts a throwaway Redis, makes a git repository of the example task code shipped in the
+package (``agent/examples/tasks``), serves it with the reference control server, starts a
+real agent that registers, deploys the code into a virtualenv and supervises its children,
+enqueues tasks over HTTP (as curl would), prints what happened to each, and stops
+everything cleanly.
+
+The demo works in one directory (default ``$XDG_CACHE_HOME/rundown-agent/demo``) that it
+keeps: the agent's log and config stay readable after the run, and the agent's deployment
+directory is reused, so a second run skips the virtualenv and the dependency install (the
+deploy cache keys them by commit and requirements; the repository is committed with fixed
+dates, so the same code gives the same commit). ``--fresh`` empties it first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -15,16 +24,36 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
 
+from agent.examples import TASKS_DIR
 from agent.local_redis import LocalRedis, free_port
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+__all__ = ["default_demo_dir", "run_demo"]
+
+#: Commit dates of the demo's repository: fixed, so unchanged code keeps its commit.
+_FIXED_DATE = "2000-01-01T00:00:00+00:00"
+_UNFINISHED = ("pending", "active", "scheduled", "aggregating")
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run or its agent did not come up (the message says why)."""
+
+
+class DemoBusyError(DemoError):
+    """Another demo holds the demo directory."""
+
+
+def default_demo_dir() -> Path:
+    """``$XDG_CACHE_HOME/rundown-agent/demo`` (``~/.cache/...`` when the variable is unset)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "rundown-agent" / "demo"
 
 
 def _say(text: str) -> None:
@@ -33,12 +62,35 @@ def _say(text: str) -> None:
 
 def _git_repo(workdir: Path) -> Path:
     repo = workdir / "tasks-repo"
-    shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(TASKS_DIR, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
-           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
-    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "example tasks"]):
+           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid",
+           "GIT_AUTHOR_DATE": _FIXED_DATE, "GIT_COMMITTER_DATE": _FIXED_DATE}
+    for args in (["init", "-q", "-b", "main"], ["add", "."],
+                 ["-c", "commit.gpgsign=false", "commit", "-q", "-m", "example tasks"]):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True)
     return repo
+
+
+@contextlib.contextmanager
+def _demo_dir(workdir: Path, fresh: bool) -> Iterator[Path]:
+    """The demo's directory, held for this run (two demos would share its files)."""
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DemoBusyError(f"another demo is running in {workdir}; wait for it to finish or "
+                                "give this one another directory with --dir") from None
+        if fresh:
+            for entry in workdir.iterdir():
+                if entry.name != ".lock":
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        yield workdir
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _queues_doc(repo: Path, worker_key: str, client_key: str) -> dict:
@@ -59,27 +111,48 @@ def _wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 1
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"the agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise DemoError(f"the agent exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"the agent was not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+    raise DemoError(f"the agent was not ready after {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-def run_demo(keep: bool = False) -> int:
+def _outcome(api: httpx.Client, task_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The task once it is no longer waiting to run: completed, archived, or failed and
+    waiting for its retry (asynq's backoff is 15-44 s: the demo shows that state instead)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = api.get(f"/tasks/{task_id}", params={"wait": 0.5}).raise_for_status().json()
+        if view["state"] not in _UNFINISHED or time.monotonic() >= deadline:
+            return view
+
+
+def run_demo(workdir: Path | None = None, *, fresh: bool = False) -> int:
+    """Run the demo in ``workdir`` (default :func:`default_demo_dir`); the exit code."""
+    workdir = (workdir or default_demo_dir()).expanduser().absolute()
+    try:
+        with _demo_dir(workdir, fresh):
+            return _run(workdir)
+    except DemoError as exc:
+        print(f"rundown-agent demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(workdir: Path) -> int:
     from agent.server import ServerThread, create_app, parse_queues
 
-    workdir = Path(tempfile.mkdtemp(prefix="rundown-demo-"))
     worker_key, client_key = secrets.token_hex(16), secrets.token_hex(16)
+    log_path = workdir / "agent.log"
     redis = server = agent = None
     try:
         redis = LocalRedis().start()
         _say(f"Redis {redis.binary} on {redis.url}")
         repo = _git_repo(workdir)
-        _say(f"task code: a git repository of examples/tasks at {repo}")
+        _say(f"task code: {repo}, a git repository of the example tasks (agent/examples/tasks)")
         settings = parse_queues(_queues_doc(repo, worker_key, client_key), redis_url=redis.url)
         server = ServerThread(create_app(settings)).start()
         _say(f"control server (rundown-server) on {server.url}")
@@ -94,7 +167,6 @@ def run_demo(keep: bool = False) -> int:
         }
         config_path = workdir / "agent.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = workdir / "agent.log"
         _say(f"starting: rundown-agent -config {config_path}  (log: {log_path})")
         env = {**os.environ, "DEMO_WORKER_KEY": worker_key, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "wb") as log:
@@ -102,7 +174,10 @@ def run_demo(keep: bool = False) -> int:
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         started = time.monotonic()
         _wait_ready(ops_port, agent, log_path)
-        _say(f"agent registered, deployed (virtualenv + install) and ready in "
+        deployed = ("virtualenv reused: nothing to install"
+                    if "virtualenv reused" in log_path.read_text(errors="replace")
+                    else "virtualenv + install")
+        _say(f"agent registered, deployed ({deployed}) and ready in "
              f"{time.monotonic() - started:.1f}s; ops endpoints on http://127.0.0.1:{ops_port}")
 
         api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {client_key}"}, timeout=30)
@@ -122,9 +197,7 @@ def run_demo(keep: bool = False) -> int:
             print(f"    {body['type']:<14} -> {answer['queue']:<10} {answer['state']:<10} id {answer['id']}")
         _say("results (GET /tasks/{id}?wait=...):")
         for task_id in ids:
-            # A failed task waits asynq's backoff (15-44 s) before its retry: we show it in
-            # the retry state rather than wait for it.
-            view = api.get(f"/tasks/{task_id}", params={"wait": 8}).json()
+            view = _outcome(api, task_id)
             outcome = view.get("result") if view["state"] == "completed" else view.get("last_error")
             extra = f" (next try at {time.strftime('%H:%M:%S', time.localtime(view['next_process_at']))})" \
                 if view["state"] == "retry" else ""
@@ -152,7 +225,6 @@ def run_demo(keep: bool = False) -> int:
             server.stop()
         if redis is not None:
             redis.stop()
-        if keep:
-            _say(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if agent is not None:
+            _say(f"the agent's log stays in {log_path} (until the next demo run; the deployment "
+                 f"in {workdir / 'deployments'} is reused then)")

@@ -17,10 +17,11 @@ import httpx
 import pytest
 import yaml
 
+from agent.examples import TASKS_DIR
 from agent.local_redis import free_port
 from agent.server import ServerThread, create_app, parse_queues
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+EXAMPLE = TASKS_DIR
 WORKER_KEY = "worker-key-0123456789abcdef"
 CLIENT_KEY = "client-key-0123456789abcdef"
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
