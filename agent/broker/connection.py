@@ -10,7 +10,9 @@ keyword arguments (they never sit in a URL that is logged)::
                                              Sentinel: the sentinels, the service, the db
     rediss+cluster://...  rediss+sentinel://...  the same over TLS (data nodes; sentinels too)
 
-``user:password@`` may precede the hosts, as in a plain redis URL. Usage::
+``user:password@`` may precede the hosts, as in a plain redis URL. The only query option is
+``?sentinel_auth=true`` (sentinel URLs: the sentinels get the password too); any other is
+refused rather than ignored. Usage::
 
     client = async_client(url, password="...", ssl_ca_certs="ca.pem", socket_timeout=10)
     lease_client = sync_client(url, password="...")   # a blocking client for threads
@@ -116,10 +118,30 @@ def parse_url(url: str) -> ConnectionTarget:
             raise InvalidRedisURL(f"after the service name a sentinel URL takes only a database "
                                   f"number, got /{'/'.join(parts[1:])}")
         db = int(parts[1]) if len(parts) == 2 else 0
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    options = _options(scheme, kind, query)
     return ConnectionTarget(kind, url, tls=scheme.startswith("rediss"), nodes=nodes,
                             service=service, db=db, username=username, password=password,
                             options=options)
+
+
+#: Query options a cluster or sentinel URL takes; anything else is refused, not ignored
+#: (timeouts, TLS files and the like are keyword arguments, from the config's redis fields).
+_URL_OPTIONS: dict[str, tuple[str, ...]] = {"cluster": (), "sentinel": ("sentinel_auth",)}
+_FLAGS = ("1", "true", "yes", "0", "false", "no")
+
+
+def _options(scheme: str, kind: Kind, query: str) -> dict[str, str]:
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    allowed = _URL_OPTIONS[kind]
+    for name, value in options.items():
+        if name not in allowed:
+            takes = f"only the query option {', '.join(allowed)}" if allowed else "no query options"
+            shown = repr(name) if name.isidentifier() and len(name) <= 40 else "another"  # never a secret
+            raise InvalidRedisURL(f"a {scheme}:// URL takes {takes}, got {shown} (TLS files and "
+                                  "timeouts go in the redis section or the client's arguments)")
+        if value.lower() not in _FLAGS:
+            raise InvalidRedisURL(f"{name} in a {scheme}:// URL must be true or false")
+    return options
 
 
 def _node(text: str, default_port: int) -> tuple[str, int]:
