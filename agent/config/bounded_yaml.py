@@ -12,7 +12,7 @@ Usage::
     try:
         data = read_yaml_file(path)
     except YamlFileError as exc:
-        print(exc)          # "config.yml:3:5: YAML syntax error at line 3, column 5: ..."
+        print(exc)          # "config.yml: YAML syntax error at line 3, column 5: ..."
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "MAX_TEXT", "YamlFileErro
 MAX_FILE_BYTES = 1_000_000  #: 1 MB: far above any real config or queues file
 MAX_NODES = 100_000  #: values (scalars, lists, mappings), every alias counted as a copy
 MAX_DEPTH = 64  #: lists / mappings inside each other
-MAX_TEXT = 10_000_000  #: characters of all scalars, every alias counted as a copy
+MAX_TEXT = 2_000_000  #: characters of all scalars, every alias counted as a copy (twice the largest file)
 
 # libyaml when the wheel has it (about 3x faster); the pure-Python parser otherwise.
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -63,7 +63,7 @@ class YamlFileError(Exception):
         self.column = column
         self.syntax = syntax
         self.problem = problem or reason
-        super().__init__(f"{self.where}: {reason}")
+        super().__init__(f"{source}: {reason}")  # the reason says where, when it knows
 
     @property
     def where(self) -> str:
