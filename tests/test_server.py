@@ -22,6 +22,8 @@ import redis.asyncio as aioredis
 
 from agent.broker import Broker, keys
 from agent.client import Client
+from agent.examples import QUEUES_FILE
+from agent.inspect import Inspector
 from agent.server import ServerThread, create_app, parse_queues
 from agent.server.queues import QueuesFileError, load_queues_file, parse_seconds
 
@@ -198,6 +200,39 @@ def test_enqueue_rejects_bad_requests(client, body, status, text):
     assert resp.status_code == status and text in resp.json()["error"]
 
 
+def test_enqueue_headers_reach_the_task_message(client, redis_url):
+    headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tenant": "ada",
+               "empty": "", "ünïcode": "välue"}
+    resp = client.post("/tasks", headers=C, json={"type": "h", "queue": "emails", "task_id": "with-headers",
+                                                  "headers": headers})
+    assert resp.status_code == 201, resp.text
+    # What asynq's Inspector.GetTaskInfo().Headers reads: the TaskMessage's headers map.
+    with Inspector.from_url(redis_url) as inspector:
+        assert inspector.get_task("emails", "with-headers").headers == headers
+    batch = client.post("/tasks/batch", headers=C, json={"tasks": [
+        {"type": "h", "queue": "emails", "task_id": "in-batch", "headers": {"k": "v"}},
+        {"type": "h", "queue": "emails", "headers": {"k": 1}}]}).json()
+    assert batch["enqueued"] == 1 and "headers['k'] must be a string" in batch["results"][1]["error"]
+    with Inspector.from_url(redis_url) as inspector:
+        assert inspector.get_task("emails", "in-batch").headers == {"k": "v"}
+
+
+@pytest.mark.parametrize(("headers", "text"), [
+    (["a", "b"], "headers must be an object of string keys and string values, got list"),
+    ("k=v", "headers must be an object"),
+    ({"k": 1}, "headers['k'] must be a string, got int"),
+    ({"k": None}, "headers['k'] must be a string, got NoneType"),
+    ({"k": {"nested": "x"}}, "headers['k'] must be a string, got dict"),
+    ({"": "v"}, "a header name must not be empty"),
+    ({f"h{i}": "v" for i in range(65)}, "headers has 65 entries, above the limit of 64"),
+    ({"big": "x" * 16_400}, "headers holds 16,403 bytes of names and values, above the limit of 16,384"),
+])
+def test_enqueue_refuses_bad_headers_naming_the_field(client, producer, headers, text):
+    resp = client.post("/tasks", headers=C, json={"type": "t", "queue": "emails", "headers": headers})
+    assert resp.status_code == 400 and text in resp.json()["error"], resp.text
+    assert producer.redis.llen(keys.pending("emails")) == 0
+
+
 def test_enqueue_roles(client):
     body = {"type": "t", "queue": "emails"}
     assert client.post("/tasks", headers=W, json=body).status_code == 403
@@ -283,6 +318,8 @@ def test_openapi_describes_every_route(client):
         for op in ops.values():
             assert op["responses"], path
     assert doc["components"]["schemas"]["TaskRequest"]["required"] == ["type", "queue"]
+    headers = doc["components"]["schemas"]["TaskRequest"]["properties"]["headers"]
+    assert headers["type"] == "object" and headers["additionalProperties"] == {"type": "string"}
 
 
 def test_body_limit(redis_url):
@@ -354,12 +391,64 @@ def test_queues_file_placeholders(tmp_path):
         load_queues_file(path)
 
 
-def test_example_queues_file_is_valid():
-    example = Path(__file__).resolve().parent.parent / "examples" / "server-queues.yml"
-    env = {"RUNDOWN_WORKER_KEY": "w" * 20, "RUNDOWN_ADMIN_KEY": "a" * 20}
-    settings = load_queues_file(example, environ=env)
-    assert settings.queues["inference"].sub_queues == {"inference.high": 6, "inference.low": 1}
+def test_example_queues_file_runs_without_variables_and_warns_about_its_keys():
+    settings = load_queues_file(QUEUES_FILE, environ={})
+    assert settings.queues["demo"].sub_queues == {"demo.high": 3, "demo.low": 1}
     assert settings.queues["emails"].sub_queues == {"emails": 2}
+    # Its deployments are the example tasks of the clone the file is in, as an absolute path.
+    checkout = QUEUES_FILE.parent.parent.parent
+    for queue in settings.queues.values():
+        assert queue.deployment["git_url"] == str(checkout)
+        assert (checkout / queue.deployment["code_path"] / "worker.py").is_file()
+    assert [w.split(":")[0] for w in settings.warnings] == ["api_keys[0].key (agents, role worker)",
+                                                           "api_keys[1].key (producers, role client)",
+                                                           "api_keys[2].key (ops, role admin)"]
+    assert "set RUNDOWN_WORKER_KEY" in settings.warnings[0]
+    assert all("dev-" not in w for w in settings.warnings)  # the value itself is never repeated
+    env = {"RUNDOWN_WORKER_KEY": "w" * 20, "RUNDOWN_CLIENT_KEY": "c" * 20, "RUNDOWN_ADMIN_KEY": "a" * 20}
+    settings = load_queues_file(QUEUES_FILE, environ=env)
+    assert settings.warnings == () and settings.api_keys[0].key.reveal() == "w" * 20
+
+
+def _doc_with_git_url(url: str) -> dict:
+    doc = queues_doc()
+    doc["queues"]["emails"]["deployment"]["git_url"] = url
+    return doc
+
+
+@pytest.mark.parametrize("url", ["github.com/acme/emails.git", "not a url", "htps//github.com/a.git",
+                                 "ftp://example.com/a.git", "https:///acme/a.git", "file://relative/a",
+                                 "just-a-word", "https://[broken/a.git"])
+def test_git_url_must_be_a_url_or_a_path(url):
+    with pytest.raises(QueuesFileError) as info:
+        parse_queues(_doc_with_git_url(url))
+    assert "queues.emails.deployment.git_url: must be a git URL" in str(info.value)
+    assert "queues.inference" not in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "sent"), [
+    ("https://github.com/acme/emails.git", "https://github.com/acme/emails.git"),
+    ("ssh://git@github.com/acme/emails.git", "ssh://git@github.com/acme/emails.git"),
+    ("git@github.com:acme/emails.git", "git@github.com:acme/emails.git"),
+    ("file:///srv/git/emails.git", "file:///srv/git/emails.git"),
+    ("/srv/git/emails.git", "/srv/git/emails.git"),
+    ("./repos/emails", "/etc/rundown/repos/emails"),
+    ("../emails", "/etc/emails"),
+    ("..", "/etc"),
+])
+def test_git_url_paths_are_relative_to_the_queues_file(url, sent):
+    settings = parse_queues(_doc_with_git_url(url), base_dir=Path("/etc/rundown"))
+    assert settings.queues["emails"].deployment["git_url"] == sent
+
+
+def test_check_rejects_a_git_url_that_is_not_a_url_or_path(tmp_path):
+    doc = _doc_with_git_url("github.com/acme/emails.git")
+    (tmp_path / "queues.yml").write_text(json.dumps(doc))
+    done = subprocess.run([sys.executable, "-m", "agent.server.cli", "--queues", "queues.yml", "--check"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("queues.yml: 1 problem\n  queues.emails.deployment.git_url: must be a git URL")
+    assert "Traceback" not in done.stderr
 
 
 def test_parse_seconds():
@@ -401,6 +490,55 @@ def test_cli_process(tmp_path, redis_url):
     for secret in (WORKER_KEY, "ghp-secret-token", "hf-secret-value", "sk-vault-secret-value"):
         assert secret not in err
     assert "worker registered" in err
+
+
+def test_cli_usage_errors_in_clicks_style(tmp_path):
+    path = tmp_path / "queues.yml"
+    path.write_text(json.dumps(queues_doc()))
+    cases = [(["--listen", "nope"], "Error: Invalid value for '--listen'", "must be HOST:PORT, got 'nope'"),
+             (["--max-body-bytes", "10"], "Error: Invalid value for '--max-body-bytes'", "1024"),
+             (["--log-level", "loud"], "Error: Invalid value for '--log-level'", "'loud' is not one of"),
+             (["--local-redis", "--redis", "redis://127.0.0.1:1/0"], "Error: give --redis", "not both"),
+             (["--bogus"], "Error: No such option", "--bogus")]
+    for args, error, detail in cases:
+        done = subprocess.run([sys.executable, "-m", "agent.server.cli", "--queues", str(path), *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith("Usage: rundown-server [OPTIONS]"), done.stderr
+        assert error in done.stderr and detail in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "agent.server.cli", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "--local-redis" in done.stdout and "RUNDOWN_SERVER_REDIS" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "agent.server.cli", "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("rundown-server ")
+
+
+def test_cli_local_redis_serves_and_is_stopped_with_the_server(tmp_path):
+    path = tmp_path / "queues.yml"
+    path.write_text(json.dumps(queues_doc()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.server.cli", "--queues", str(path), "--listen", "127.0.0.1:0",
+         "--local-redis", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("rundown-server listening on "), line + proc.stderr.read()
+        url = line.split()[-1]
+        answer = httpx.post(f"{url}/worker/register", headers=W, json={"queue": "emails"}, timeout=10).json()
+        redis_port = int(answer["redis"]["addr"].rsplit(":", 1)[1])
+        resp = httpx.post(f"{url}/tasks", headers=C, json={"type": "t", "queue": "emails"}, timeout=10)
+        assert resp.status_code == 201
+        with Client(f"redis://127.0.0.1:{redis_port}/0") as local:
+            assert local.get_task("emails", resp.json()["id"]).type == "t"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "throwaway Redis on redis://127.0.0.1:" in err
+    with pytest.raises(OSError):  # its redis-server went with it
+        import socket
+        socket.create_connection(("127.0.0.1", redis_port), timeout=2).close()
 
 
 def test_cli_bad_queues_file(tmp_path):

@@ -35,7 +35,12 @@ _ALIASES = {
 }
 
 # RUNDOWN_* variables that other parts of the project read; not config overrides.
-_NOT_OVERRIDES = frozenset({"RUNDOWN_CONFIG", "RUNDOWN_REDIS_SERVER"})
+# Variables of the project that are not config overrides: the config file's path, the test
+# Redis binary, and rundown-server's (its options and the example queues file's API keys),
+# which are often exported in the shell that starts an agent too.
+_NOT_OVERRIDES = frozenset({"RUNDOWN_CONFIG", "RUNDOWN_REDIS_SERVER", "RUNDOWN_SERVER_LISTEN",
+                            "RUNDOWN_SERVER_REDIS", "RUNDOWN_WORKER_KEY", "RUNDOWN_CLIENT_KEY",
+                            "RUNDOWN_ADMIN_KEY"})
 
 
 class Findings:

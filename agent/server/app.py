@@ -58,6 +58,8 @@ log = logging.getLogger("server")
 
 MAX_BATCH = 1000
 MAX_WAIT = 60.0
+MAX_HEADERS = 64  #: entries of a task's headers map
+MAX_HEADERS_BYTES = 16 * 1024  #: UTF-8 bytes of its keys and values together
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -300,7 +302,33 @@ def _number(body: dict[str, Any], key: str, *, minimum: float | None = None, int
 
 
 _TASK_FIELDS = frozenset({"type", "payload", "payload_base64", "queue", "task_id", "max_retry", "timeout",
-                          "deadline", "process_in", "process_at", "unique", "retention", "group"})
+                          "deadline", "process_in", "process_at", "unique", "retention", "group", "headers"})
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """asynq's ``TaskMessage.headers`` (map<string, string>): string keys and values, bounded."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"headers must be an object of string keys and string values, "
+                            f"got {type(value).__name__}")
+    if len(value) > MAX_HEADERS:
+        raise ApiError(400, f"headers has {len(value)} entries, above the limit of {MAX_HEADERS}")
+    size = 0
+    for key, item in value.items():
+        shown = key[:60]
+        if not key:
+            raise ApiError(400, "headers: a header name must not be empty")
+        if not isinstance(item, str):
+            raise ApiError(400, f"headers[{shown!r}] must be a string, got {type(item).__name__}")
+        try:
+            size += len(key.encode()) + len(item.encode())
+        except UnicodeEncodeError:
+            raise ApiError(400, f"headers[{shown!r}] is not valid UTF-8 text") from None
+    if size > MAX_HEADERS_BYTES:
+        raise ApiError(400, f"headers holds {size:,} bytes of names and values, above the limit of "
+                            f"{MAX_HEADERS_BYTES:,}")
+    return dict(value)
 
 
 def _parse_task(settings: ServerSettings, body: dict[str, Any]) -> tuple[str, bytes | None, EnqueueOptions]:
@@ -343,7 +371,8 @@ def _parse_task(settings: ServerSettings, body: dict[str, Any]) -> tuple[str, by
         timeout=timeout, deadline=deadline,
         process_in=_number(body, "process_in", minimum=0), process_at=_number(body, "process_at", minimum=0),
         unique_ttl=_number(body, "unique", minimum=1),
-        retention=defaults.retention if retention is None else retention, group=group)
+        retention=defaults.retention if retention is None else retention, group=group,
+        headers=_headers(body.get("headers")))
     try:
         options.validate()
     except ValueError as exc:

@@ -45,6 +45,10 @@ _TASK_REQUEST = {
         "retention": {"type": "number", "minimum": 0,
                       "description": "Seconds to keep the finished task and its result (0: delete on success)"},
         "group": {"type": "string", "description": "asynq aggregation group"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 64,
+                    "description": "asynq task headers (TaskMessage.headers, map<string, string>): "
+                                   "non-empty names, string values, at most 16 KiB of names and "
+                                   "values together"},
     },
 }
 

@@ -1,5 +1,5 @@
 """The queues file of ``rundown-server``: queues, sub-queues and weights, deployments, secrets,
-API keys. ``examples/server-queues.yml`` shows every key with a comment.
+API keys. ``agent/examples/server-queues.yml`` shows every key with a comment.
 
 ``${VAR}`` and ``${VAR:-default}`` in any string value are replaced from the environment (so
 keys and secrets need not be written in the file); ``$${`` is a literal ``${``.
@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,9 +24,10 @@ from agent.config.capacity import MAX_PROCESSES
 from agent.config.errors import MAX_REPORTED
 from agent.config.limits import MAX_ENTRIES, MAX_INT32, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from agent.config.model import Secret
-from agent.config.placeholders import expand_text
+from agent.config.placeholders import PLACEHOLDER, expand_text
 from agent.config.values import printable
 from agent.logs import register_secret
+from agent.server.git_source import resolve_git_url
 
 __all__ = ["ApiKey", "QueueDef", "QueuesFileError", "ROLES", "ServerSettings", "TaskDefaults",
            "load_queues_file", "parse_queues"]
@@ -100,6 +101,11 @@ class ServerSettings:
     advertise_redis: str | None = None
     max_body_bytes: int = 1 << 20
     source: str = "queues file"
+    warnings: tuple[str, ...] = ()  #: findings that do not stop the server (keys written in the file)
+
+    def with_redis(self, url: str) -> ServerSettings:
+        """The same settings served from the Redis at ``url`` (``--local-redis``)."""
+        return replace(self, redis_url=url)
 
     @property
     def all_queues(self) -> dict[str, tuple[str, int]]:
@@ -116,14 +122,17 @@ def load_queues_file(path: Path | str, environ: Mapping[str, str] | None = None,
         where = f" (line {exc.line}, column {exc.column})" if exc.line is not None else ""
         problem = f"not valid YAML{where}: {exc.problem}" if exc.syntax else exc.reason
         raise QueuesFileError(str(path), [problem]) from None
-    return parse_queues(data, source=str(path), environ=environ, **overrides)
+    return parse_queues(data, source=str(path), environ=environ, base_dir=path.parent, **overrides)
 
 
 def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str, str] | None = None,
-                 **overrides: Any) -> ServerSettings:
-    """Validate an already parsed queues document (see :func:`load_queues_file`)."""
+                 base_dir: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Validate an already parsed queues document (see :func:`load_queues_file`); ``base_dir``
+    anchors relative ``git_url`` paths (default: the working directory)."""
     problems: list[str] = []
-    data = _expand(data, os.environ if environ is None else environ, problems, "")
+    environ = os.environ if environ is None else environ
+    warnings = _keys_in_file(data, environ, source)
+    data = _expand(data, environ, problems, "")
     if problems:  # unset variables first: the values they leave empty would only add noise
         raise QueuesFileError(source, problems)
     if not isinstance(data, dict):
@@ -145,6 +154,12 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
             queue = _queue(str(name), raw, vaults, problems)
             if queue is not None:
                 queues[queue.name] = queue
+        for queue in queues.values():
+            url, problem = resolve_git_url(queue.deployment["git_url"], base_dir)
+            if problem is not None:
+                problems.append(f"queues.{queue.name}.deployment.git_url: {problem}")
+            else:
+                queue.deployment["git_url"] = url
         total = sum(len(q.sub_queues) for q in queues.values())
         if total > MAX_QUEUES:
             problems.append(f"queues: {total:,} queues counting sub-queues, above the limit of {MAX_QUEUES:,} "
@@ -169,7 +184,29 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
     for url in (settings.get("redis_url"), settings.get("advertise_redis")):
         if url:
             register_secret(urlsplit(url).password)
-    return ServerSettings(queues=queues, api_keys=tuple(keys), source=source, **settings)
+    return ServerSettings(queues=queues, api_keys=tuple(keys), source=source, warnings=tuple(warnings),
+                          **settings)
+
+
+def _keys_in_file(data: Any, environ: Mapping[str, str], source: str) -> list[str]:
+    """A warning for every API key whose value is written in the file (a literal, or the
+    default of an unset ``${VAR:-default}``) instead of read from the environment: anyone who
+    can read the file, or the README it came from, can use it."""
+    raw = data.get("api_keys") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        return []
+    warnings: list[str] = []
+    for i, item in enumerate(raw[:MAX_ENTRIES]):
+        key = item.get("key") if isinstance(item, dict) else None
+        if not isinstance(key, str) or expand_text(key, {}) != expand_text(key, environ):
+            continue
+        names = [m.group(1).partition(":-")[0] for m in PLACEHOLDER.finditer(key) if m.group(1)]
+        fix = f"set {' and '.join(names)}" if names else "read it from the environment with ${VAR}"
+        warnings.append(f"api_keys[{i}].key ({printable(str(item.get('name', f'key{i}')), 60)}, role "
+                        f"{printable(str(item.get('role')), 20)}): the key is written in {source}, not read "
+                        f"from the environment, so anyone who can read that file can use it; fine on a "
+                        f"loopback address for a try-out, otherwise {fix}")
+    return warnings
 
 
 # -- sections ------------------------------------------------------------------------------
