@@ -27,7 +27,7 @@ from agent.local_redis import LocalRedis
 from tests.agentproc import AgentProcess, local_config
 
 APPS = Path(__file__).parent / "apps"
-REPORTS: list[Report] = []  # printed by conftest.pytest_terminal_summary
+REPORTS: list[Report] = []  # printed by tests/conftest.py at the end of the run
 
 
 # -- waiting -------------------------------------------------------------------------------

@@ -287,11 +287,14 @@ def network_stall(tmp: Path, scale: str) -> Report:
             # stall ends while the healthy agent holds the task (recovered ~11 s in).
             info = client.enqueue("work", {"seconds": 3, "retry_seconds": 30}, retention=3600)
         wait_until(lambda: len(read_runs(record)) == 2, 20, what="the stalled agent took the task")
-        fleet.start("healthy")
+        # Stall at once, then start the healthy agent (it talks to Redis directly): the
+        # first run must end during the stall however long that start takes (6 s seen on a
+        # loaded machine, when the stall used to begin only after it and came too late).
         proxy.pause()
         paused_at = time.time()
         lease_at_pause = r.zscore(keys.lease("default"), info.id)
-        time.sleep(stall - (time.time() - paused_at))
+        fleet.start("healthy")
+        time.sleep(max(0.0, stall - (time.time() - paused_at)))
         # The healthy agent recovers the task (lease expiry + 30 s, then the retry backoff)
         # and runs it again; resume the traffic while it holds the task.
         wait_until(lambda: len(read_runs(record)) == 3, RECOVERY_BOUND, interval=0.2,

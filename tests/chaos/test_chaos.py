@@ -1,6 +1,6 @@
 """The chaos suite (issue 8). Each scenario has a reduced form that runs in the default test
 run and a full form marked ``slow`` (``pytest -m slow tests/chaos``). Every scenario prints a
-report row; the table is printed at the end of the run (see conftest.py) and, with
+report row; the table is printed at the end of the run (see tests/conftest.py) and, with
 ``CHAOS_REPORT=file``, appended to that file as JSON lines.
 
 The reduced SIGKILL and network-stall scenarios spend most of their time waiting for
