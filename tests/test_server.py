@@ -441,6 +441,14 @@ def test_git_url_paths_are_relative_to_the_queues_file(url, sent):
     assert settings.queues["emails"].deployment["git_url"] == sent
 
 
+def test_git_url_paths_are_absolute_when_the_queues_file_is_given_relatively(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "queues.yml").write_text(json.dumps(_doc_with_git_url("../repo")))
+    monkeypatch.chdir(tmp_path)
+    settings = load_queues_file("conf/queues.yml")
+    assert settings.queues["emails"].deployment["git_url"] == str(tmp_path / "repo")
+
+
 def test_check_rejects_a_git_url_that_is_not_a_url_or_path(tmp_path):
     doc = _doc_with_git_url("github.com/acme/emails.git")
     (tmp_path / "queues.yml").write_text(json.dumps(doc))

@@ -50,7 +50,7 @@ def resolve_git_url(value: str, base_dir: Path | None) -> tuple[str | None, str 
     if value in (".", "..") or value.startswith(("./", "../", "/", "~")):
         path = Path(value).expanduser()
         if not path.is_absolute():
-            path = (base_dir or Path.cwd()) / path
+            path = (base_dir or Path.cwd()).absolute() / path
         return os.path.normpath(path), None
     if _SCP_LIKE.fullmatch(value) and "/" not in value.split(":", 1)[0]:
         return value, None
