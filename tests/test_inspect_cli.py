@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from agent.broker import Broker, keys
 from agent.broker.messages import ServerInfo, WorkerInfo, encode
 from agent.inspect.cli import describe_bytes, format_duration, inspect_cli, redact
+from agent.inspect.tables import fair_share
 from agent.local_redis import free_port
 from tests.test_inspect import GO_TASK, Q, seed
 
@@ -380,3 +381,81 @@ async def test_docs_show_the_real_output(redis_url, run):
         result = run(*command.split())
         transcript = f"$ rundown-agent inspect {command}\n{result.output}"
         assert transcript in docs, transcript
+
+
+async def seed_uuid_tasks(url: str) -> list[str]:
+    """Tasks with asynq's default 36-character IDs in every listed state of queue 'default',
+    each with a long payload and, where it has one, a long error or result."""
+    payload = json.dumps({"to": "ada.lovelace@example.com", "subject": "monthly report " * 4}).encode()
+    error = "smtp: 421 4.7.0 try again later, the remote host is rate limiting this sender"
+    b = Broker(aioredis.Redis.from_url(url))
+    ids: list[str] = []
+    try:
+        for state in ("retry", "archived", "completed", "active"):
+            info = await b.enqueue("email:send", payload, max_retry=0 if state == "archived" else 25,
+                                   retention=3600)
+            ids.append(info.id)
+            (task,), _ = await b.dequeue(Q)
+            if state in ("retry", "archived"):
+                await b.fail(task, error)
+            elif state == "completed":
+                await b.complete(task, payload)
+        for _ in range(2):
+            ids.append((await b.enqueue("email:send", payload)).id)
+            ids.append((await b.enqueue("email:send", payload, process_in=3600)).id)
+    finally:
+        await b.close()
+    assert all(len(i) == 36 for i in ids), ids
+    return ids
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+async def test_task_ls_never_wraps_or_cuts_an_id_on_a_narrow_terminal(redis_url, run, monkeypatch, columns):
+    ids = await seed_uuid_tasks(redis_url)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    shown: set[str] = set()
+    for state in ("pending", "active", "scheduled", "retry", "archived", "completed"):
+        out = ok(run("task", "ls", "default", "--state", state))
+        lines = out.splitlines()
+        listed = [i for i in ids if any(line.startswith(i + " ") for line in lines)]
+        assert listed, out  # each full ID on one line, at the start of its row
+        shown.update(listed)
+        # nothing else of an ID is anywhere: no second line holding its tail
+        assert all(out.count(i[-12:]) == 1 for i in listed), out
+        if columns == 80:
+            assert max(len(line) for line in lines[1:]) <= 80, out  # the table fits
+            assert "…" in out, out  # the payload gave way first: elided on one line
+            if state in ("pending", "active"):
+                assert "email:send" in out, out  # ... so the short columns stay whole
+    assert shown == set(ids)
+
+
+def test_fair_share_serves_the_narrow_columns_first():
+    assert fair_share([10, 3, 40], 30) == [10, 3, 17]
+    assert fair_share([10, 3, 40], 100) == [10, 3, 40]
+    assert fair_share([10, 10, 10], 12) == [4, 4, 4]
+    assert fair_share([5, 5], -3) == [0, 0]
+
+
+async def test_server_ls_keeps_task_and_server_ids_whole_at_80_columns(redis_url, r, run, monkeypatch):
+    now = int(time.time())
+    server_id, task_id = "2c3d9a6e-0f41-4a7c-9a57-1b2c3d4e5f60", "8f14e45f-ceea-467f-a0e6-0b3c2d1e4f5a"
+    info = ServerInfo(host="worker-host-with-a-long-name.example.internal", pid=4242,
+                      server_id=server_id, concurrency=10, status="active", active_worker_count=1)
+    info.queues.update({"critical": 6, "default": 3, "low": 1, "emails": 1, "reports": 1})
+    info.start_time.seconds = now - 600
+    worker = WorkerInfo(host=info.host, pid=4242, server_id=server_id, task_id=task_id,
+                        task_type="email:send", task_payload=b'{"to":"ada.lovelace@example.com"}',
+                        queue="default")
+    worker.start_time.seconds = now - 5
+    worker.deadline.seconds = now + 1795
+    server_key, workers_key = keys.server_info(info.host, 4242, server_id), keys.workers(info.host, 4242, server_id)
+    r.set(server_key, encode(info))
+    r.hset(workers_key, task_id, encode(worker))
+    r.zadd(keys.ALL_SERVERS, {server_key: now + 10})
+    r.zadd(keys.ALL_WORKERS, {workers_key: now + 10})
+    monkeypatch.setenv("COLUMNS", "80")
+    out = ok(run("server", "ls", "--workers"))
+    assert any(line.rstrip().endswith(server_id) for line in out.splitlines()), out
+    assert any(task_id in line for line in out.splitlines()), out
+    assert max(len(line) for line in out.splitlines()) <= 80, out

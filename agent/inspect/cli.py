@@ -15,9 +15,7 @@ from typing import Any
 
 import click
 import redis
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from agent.broker.errors import BrokerError, QueueNotFoundError
@@ -31,6 +29,7 @@ from agent.inspect.inspector import (
     InspectorError,
     TaskDetails,
 )
+from agent.inspect.tables import new_table, print_table
 from agent.logs import redact as redact_secrets
 from agent.logs import url_secrets
 
@@ -155,23 +154,6 @@ def console() -> Console:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(highlight=False, markup=False, emoji=False, width=PIPE_WIDTH)
     return out
-
-
-def new_table(*columns: str, right: tuple[str, ...] = (), footer: bool = False) -> Table:
-    table = Table(box=box.SIMPLE, pad_edge=False, show_edge=False, show_footer=footer)
-    for name in columns:
-        table.add_column(name, justify="right" if name in right else "left", overflow="fold")
-    return table
-
-
-def print_table(out: Console, table: Table, title: str | None = None) -> None:
-    """Print an optional title line, then the table without trailing blanks."""
-    if title:
-        click.echo(title)
-    with out.capture() as captured:
-        out.print(table)
-    click.echo("\n".join(line.rstrip() for line in captured.get().rstrip("\n").split("\n")),
-               color=out.is_terminal)
 
 
 def emit_json(data: Any) -> None:
