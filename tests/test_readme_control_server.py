@@ -104,3 +104,17 @@ def test_readme_control_server_section_as_written(tmp_path):
         assert f"set {variable}" in server_text
     assert "dev-client-key-change-me" not in server_text
     assert "Traceback" not in server_text + agent_text
+
+
+def test_example_agent_config_takes_the_worker_key_from_the_servers_variable(tmp_path):
+    """The README says to set RUNDOWN_WORKER_KEY for the agent too: the agent reads it through
+    the example config and does not take it for a mistyped override of its own."""
+    env = {**os.environ, "RUNDOWN_WORKER_KEY": "k" * 32, "RUNDOWN_CLIENT_KEY": "c" * 32,
+           "RUNDOWN_ADMIN_KEY": "a" * 32, "RUNDOWN_SERVER_LISTEN": "127.0.0.1:8080",
+           "RUNDOWN_SERVER_REDIS": "redis://127.0.0.1:6379/0", "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "-validate", "-config",
+                           str(ROOT / "agent" / "examples" / "agent.yml")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "config OK" in done.stdout and "warning" not in done.stdout + done.stderr, done.stdout
+    assert "k" * 32 not in done.stdout + done.stderr
