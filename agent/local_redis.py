@@ -148,6 +148,12 @@ def _server_pid(port: int) -> int | None:
     return None
 
 
+def _pings(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+
+
 @dataclass
 class LocalRedis:
     """A redis-server process bound to 127.0.0.1; stop() removes its data directory."""
@@ -207,7 +213,7 @@ class LocalRedis:
             except OSError:
                 time.sleep(0.02)
                 continue
-            if pid == self.process.pid:
+            if pid == self.process.pid and _pings(self.port):  # not -LOADING an AOF any more
                 return self
             if pid is not None:  # another server answers on this port: ours cannot bind it
                 self._end_process()

@@ -99,30 +99,46 @@ def curl(*args: str) -> dict:
     return json.loads(out)
 
 
+def deploy_lines(log: Path) -> list[dict]:
+    lines = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("msg", "").startswith("deployed ")]
+
+
 def test_bootstrap_deploy_curl_restart_and_redeploy(tmp_path, control, repo):
     config, port = agent_config(tmp_path, control.url)
     log = tmp_path / "agent.log"
-    proc, cold = start(config, port, log)
-    task = curl("-d", json.dumps({"type": "greet", "payload": {"name": "curl"}, "queue": "jobs"}),
-                f"{control.url}/tasks")
-    done = curl(f"{control.url}/tasks/{task['id']}?wait=20")
-    assert done["state"] == "completed" and done["result"]["message"] == "hello, curl!"
-    stop(proc)
+    proc = None
+    try:
+        proc, cold = start(config, port, log)
+        task = curl("-d", json.dumps({"type": "greet", "payload": {"name": "curl"}, "queue": "jobs"}),
+                    f"{control.url}/tasks")
+        done = curl(f"{control.url}/tasks/{task['id']}?wait=20")
+        assert done["state"] == "completed" and done["result"]["message"] == "hello, curl!"
+        stop(proc)
 
-    proc, warm = start(config, port, log)  # nothing changed: no clone, no install
-    print(f"\ncold start to ready {cold:.2f}s, warm restart to ready {warm:.2f}s")
-    assert warm < 2.0, f"warm restart took {warm:.2f}s"
-    stop(proc)
+        proc, warm = start(config, port, log)  # nothing changed: no clone, no install
+        print(f"\ncold start to ready {cold:.2f}s, warm restart to ready {warm:.2f}s")
+        # The deploy work itself, not the start-up's wall clock (which a loaded machine
+        # stretches past any bound): no virtualenv, no install, a fetch that found nothing.
+        warm_deploy = deploy_lines(log)[-1]
+        assert warm_deploy["installed"] is False, warm_deploy
+        assert "venv" not in warm_deploy["timings"] and "install" not in warm_deploy["timings"], warm_deploy
+        assert warm_deploy["timings"]["total"] < 1.0, warm_deploy
+        stop(proc)
 
-    worker = repo / "worker.py"
-    worker.write_text(worker.read_text().replace('"hello"', '"bonjour"'))
-    git(repo, "commit", "-qam", "second")
-    proc, _ = start(config, port, log)
-    task = curl("-d", json.dumps({"type": "greet", "payload": {"name": "curl"}, "queue": "jobs"}),
-                f"{control.url}/tasks")
-    assert curl(f"{control.url}/tasks/{task['id']}?wait=20")["result"]["message"] == "bonjour, curl!"
-    stop(proc)
-    assert git(repo, "rev-parse", "--short=12", "HEAD") in log.read_text()
+        worker = repo / "worker.py"
+        worker.write_text(worker.read_text().replace('"hello"', '"bonjour"'))
+        git(repo, "commit", "-qam", "second")
+        proc, _ = start(config, port, log)
+        task = curl("-d", json.dumps({"type": "greet", "payload": {"name": "curl"}, "queue": "jobs"}),
+                    f"{control.url}/tasks")
+        assert curl(f"{control.url}/tasks/{task['id']}?wait=20")["result"]["message"] == "bonjour, curl!"
+        stop(proc)
+        assert git(repo, "rev-parse", "--short=12", "HEAD") in log.read_text()
+    finally:
+        if proc is not None and proc.poll() is None:  # a failed step: no agent left running
+            proc.kill()
+            proc.wait()
 
 
 def run_failing(config: Path, timeout: float = 60) -> tuple[int, str]:

@@ -440,10 +440,12 @@ def test_an_agent_stopped_past_its_lease_writes_no_outcome_for_the_recovered_tas
         with Client(redis_url) as client:
             info = client.enqueue("work", {"seconds": 2, "retry_seconds": 12}, retention=600)
         wait_until(lambda: len(read_runs(record)) == 1, 30, what="the first agent took the task")
-        fleet.start("live")
+        # Stop it at once (its 2 s run must not end first), then start the live agent: on a
+        # loaded machine that start outlasted the run, and nothing was left to recover.
         stopped = fleet.agents["stopped"].process
         stopped.signal(signal.SIGSTOP)
         stopped_at = time.time()
+        fleet.start("live")
         try:
             wait_until(lambda: len(read_runs(record)) == 2, KILL_BOUND + 10, interval=0.05,
                        what="the live agent re-ran the task")

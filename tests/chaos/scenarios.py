@@ -243,7 +243,9 @@ def redis_restart(tmp: Path, scale: str) -> Report:
                         lambda pid=pid, up_at=up_at: any(run.agent_pid == pid and run.at > up_at
                                             for run in read_runs(record)),
                         30, interval=0.05, what=f"agent {name} resumed"))
-                    wait_until(lambda name=name, down_at=down_at: probe.first(name, True, down_at + outage) is not None,
+                    # Samples are stamped when the probe asks: wait for one asked after up_at
+                    # (on a loaded machine an answer asked for before it can arrive after it).
+                    wait_until(lambda name=name, up_at=up_at: probe.first(name, True, up_at) is not None,
                                30, what=f"agent {name} ready again")
                     went_down = probe.first(name, False, down_at)
                     assert went_down is not None and went_down < up_at + 1, \
