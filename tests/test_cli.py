@@ -269,3 +269,20 @@ def test_log_flags_override_the_config(tmp_path, monkeypatch):
     config = CliOptions(EXAMPLE, log_level="debug", log_format="json").load()
     assert (config.logging.level, config.logging.format) == ("debug", "json")
     assert CliOptions(EXAMPLE).load().logging.level == "error"
+
+
+def test_validate_refuses_116000_queues_and_control_characters(tmp_path):
+    names = ",".join(f"q{i}" for i in range(116_000))
+    (tmp_path / "config.yml").write_text(
+        f"server: {{url: http://localhost:3000, api_key: k-0123456789}}\nworker: {{queues: [{names}]}}\n")
+    assert (tmp_path / "config.yml").stat().st_size < 1_000_000
+    result = run_cli("-validate", "-config", "config.yml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert output(result).splitlines()[0] == "config.yml: 1 problem"
+    assert "config OK" not in result.stdout
+    (tmp_path / "config.yml").write_text(
+        'server: {url: http://localhost:3000, api_key: k-0123456789}\nworker: {queues: ["a\\u0007b"]}\n')
+    result = run_cli("-validate", "-config", "config.yml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert output(result).splitlines()[1] == ("  worker.queues[0]: a queue name is printable characters without "
+                                              "whitespace; it contains U+0007 at position 2 (line 2)")
