@@ -213,9 +213,10 @@ class LocalRedis:
             except OSError:
                 time.sleep(0.02)
                 continue
-            if pid == self.process.pid and _pings(self.port):  # not -LOADING an AOF any more
-                return self
-            if pid is not None:  # another server answers on this port: ours cannot bind it
+            if pid == self.process.pid:
+                if _pings(self.port):  # not -LOADING its AOF any more
+                    return self
+            elif pid is not None:  # another server answers on this port: ours cannot bind it
                 self._end_process()
                 raise PortTaken(f"redis-server: port {self.port} is taken by process {pid}")
             time.sleep(0.02)
