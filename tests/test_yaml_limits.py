@@ -36,8 +36,9 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
-    peak_rss: int  #: bytes, of the child process alone (wait4)
+    seconds: float  #: wall time
+    cpu_seconds: float  #: user + system time of the child alone (wait4): what the work cost
+    peak_rss: int  #: bytes, of the child process alone
 
 
 def run_measured(argv: list[str], cwd: Path, timeout: float = 20.0) -> Measured:
@@ -60,7 +61,8 @@ def run_measured(argv: list[str], cwd: Path, timeout: float = 20.0) -> Measured:
             timer.cancel()
         seconds = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(proc.returncode, out.read_text(), err.read_text(), seconds, usage.ru_maxrss * 1024)
+    return Measured(proc.returncode, out.read_text(), err.read_text(), seconds,
+                    usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
 
 
 def program(name: str, module: str) -> list[str]:
@@ -76,8 +78,10 @@ def test_alias_bomb_config_is_refused_by_validate_in_well_under_a_second_and_100
     assert "Traceback" not in run.stderr
     assert run.stderr.splitlines()[0] == "bomb.yml: 1 problem"
     assert f"bomb.yml: more than {MAX_NODES:,} values once aliases are expanded" in run.stderr
-    # The whole program: interpreter start, imports and the refusal (about 0.4 s here).
-    assert run.seconds < 3.0, run.seconds
+    # The whole program: interpreter start, imports and the refusal (about 0.4 s here); wall time
+    # only loosely, as the machine may be busy.
+    assert run.cpu_seconds < 1.0, run.cpu_seconds
+    assert run.seconds < 10.0, run.seconds
     assert run.peak_rss < 100 * MB, run.peak_rss
 
 
@@ -89,17 +93,18 @@ def test_alias_bomb_queues_file_is_refused_by_server_check_in_well_under_a_secon
     assert "Traceback" not in run.stderr
     assert run.stderr.splitlines()[0] == "queues.yml: 1 problem"
     assert "values once aliases are expanded" in run.stderr
-    assert run.seconds < 3.0, run.seconds
+    assert run.cpu_seconds < 1.0, run.cpu_seconds
+    assert run.seconds < 10.0, run.seconds
     assert run.peak_rss < 100 * MB, run.peak_rss
 
 
 def test_the_check_itself_takes_milliseconds(tmp_path):
     path = tmp_path / "bomb.yml"
     path.write_text(AGENT_BOMB)
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(YamlFileError, match="alias bomb"):
         read_yaml_file(path)
-    assert time.perf_counter() - start < 0.25
+    assert time.process_time() - start < 0.25
 
 
 def test_a_long_string_aliased_many_times_is_refused(tmp_path):

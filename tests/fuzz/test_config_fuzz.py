@@ -62,9 +62,10 @@ def _readable(report: str) -> None:
 
 
 def _answer(path) -> None:
-    """The agent's and the control server's loaders answer ``path`` within 5 s and 100 MB."""
+    """The agent's and the control server's loaders answer ``path`` within 5 s of CPU time (not
+    wall time: the machine may be busy) and 100 MB."""
     tracemalloc.start()
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         _load(path, {})
         try:
@@ -75,7 +76,7 @@ def _answer(path) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
     assert peak < 100 * 1024 * 1024, peak
 
 
