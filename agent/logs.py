@@ -85,7 +85,7 @@ def register_secret(value: str | None) -> None:
         if value in _secrets:
             return
         _secrets.add(value)
-        _secrets_pattern = _compile(_secrets)
+        _secrets_pattern = None  # compiled at the next use: a file registering many is not quadratic
 
 
 def clear_secrets() -> None:
@@ -94,6 +94,14 @@ def clear_secrets() -> None:
     with _secrets_lock:
         _secrets.clear()
         _secrets_pattern = None
+
+
+def _registered_pattern() -> re.Pattern[str] | None:
+    global _secrets_pattern
+    with _secrets_lock:
+        if _secrets_pattern is None and _secrets:
+            _secrets_pattern = _compile(_secrets)
+        return _secrets_pattern
 
 
 def _compile(values: Iterable[str]) -> re.Pattern[str] | None:
@@ -109,7 +117,7 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
         secrets: the values to mask; the registered secrets when omitted.
     """
     if secrets is None:
-        pattern = _secrets_pattern
+        pattern = _registered_pattern()
     else:
         pattern = _compile(s for s in secrets if isinstance(s, str) and s)
     if pattern is not None:
