@@ -4,12 +4,11 @@ error naming the file, by the real command-line programs."""
 
 from __future__ import annotations
 
+import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,28 +40,39 @@ class Measured:
     peak_rss: int  #: bytes, of the child process alone
 
 
-def run_measured(argv: list[str], cwd: Path, timeout: float = 20.0) -> Measured:
-    """Run ``argv`` and measure its wall time and peak RSS. The child gets a 2 GiB address space
-    limit and is killed after ``timeout`` s, so a program that still expands the bomb fails the
-    test instead of taking the machine down."""
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+# Runs the measured program as its own child and reports its rusage. The measured program must not
+# be a direct child of the test process: Linux carries the hiwater RSS of the address space a
+# process leaves at exec into its maxrss, so a child forked from a pytest worker reports the
+# worker's ~110 MB whatever it does itself. This launcher is small, so its child starts from ~10 MB.
+LAUNCHER = """
+import json, os, resource, signal, subprocess, sys
+timeout, report, argv = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+proc = subprocess.Popen(argv, preexec_fn=limit_memory)
+signal.signal(signal.SIGALRM, lambda *_: proc.kill())
+signal.setitimer(signal.ITIMER_REAL, timeout)
+_, status, usage = os.wait4(proc.pid, 0)
+with open(report, "w") as out:
+    json.dump({"returncode": os.waitstatus_to_exitcode(status),
+               "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024}, out)
+"""
 
+
+def run_measured(argv: list[str], cwd: Path, timeout: float = 20.0) -> Measured:
+    """Run ``argv`` and measure its wall time, CPU time and peak RSS. The program gets a 2 GiB
+    address space limit and is killed after ``timeout`` s, so a program that still expands the
+    bomb fails the test instead of taking the machine down."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNDOWN_")}
-    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
+    out, err, report = cwd / "stdout.txt", cwd / "stderr.txt", cwd / "rusage.json"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, preexec_fn=limit_memory)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
+        subprocess.run([sys.executable, "-I", "-c", LAUNCHER, str(timeout), str(report), *argv], cwd=cwd,
+                       env=env, stdout=stdout, stderr=stderr, timeout=timeout + 10, check=True)
         seconds = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(proc.returncode, out.read_text(), err.read_text(), seconds,
-                    usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
+    usage = json.loads(report.read_text())
+    return Measured(usage["returncode"], out.read_text(), err.read_text(), seconds,
+                    usage["cpu_seconds"], usage["peak_rss"])
 
 
 def program(name: str, module: str) -> list[str]:
