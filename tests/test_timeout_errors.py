@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import redis.asyncio as aioredis
 
@@ -61,3 +62,19 @@ async def test_an_inline_handler_past_its_deadline_has_asynqs_text(redis_url, r)
     archived = await _task(redis_url, "i")
     assert archived.last_error == ("context deadline exceeded: task exceeded its deadline of 1s "
                                    "(the handler was cancelled)")
+
+
+async def test_a_task_whose_deadline_passed_before_it_was_dequeued_is_not_run(redis_url, r):
+    ran = []
+
+    async def record(payload, task):
+        ran.append(task.id)
+
+    past = int(time.time()) - 5
+    async with Harness(redis_url, {Q: 1}, InlineExecutor({"late": record})) as h:
+        await h.broker.enqueue("late", b"", EnqueueOptions(task_id="late", deadline=past, max_retry=0))
+        await wait_for(lambda: r.zcard(keys.archived(Q)) == 1, timeout=20)
+    archived = await _task(redis_url, "late")
+    assert ran == []
+    assert archived.last_error == ("context deadline exceeded: the task's deadline had passed when it "
+                                   "was dequeued; not run")

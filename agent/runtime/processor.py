@@ -23,7 +23,7 @@ from agent.broker.priority import QueueOrder
 from agent.runtime.leases import LeaseKeeper
 from agent.runtime.wakeup import QueueWaiters, WorkSignal
 from agent.supervisor.health import Capacity
-from agent.supervisor.outcome import Executor, Outcome
+from agent.supervisor.outcome import DEADLINE_EXCEEDED, Executor, Outcome
 from agent.supervisor.pool import wait_unless_hurried
 
 log = logging.getLogger("agent.runtime")
@@ -32,7 +32,7 @@ CANCELED_ERROR = "context canceled"
 DRAINED_MEMORY = 0.2  # seconds a queue found empty is left out of weighted draws under load
 SPREAD_MAX_QUEUES = 4  # up to this many queues, a fetch spreads its slots over them by weight
 GATHER_SLOTS = 0.002  # seconds to wait for more free slots before a small fetch under load
-DEADLINE_ERROR = "context deadline exceeded"
+DEADLINE_ERROR = f"{DEADLINE_EXCEEDED}: the task's deadline had passed when it was dequeued; not run"
 
 
 class Observer:
