@@ -215,6 +215,10 @@ async def test_status_classes(response, error, count):
     ({"deployment": {"git_url": "https://h/r.git", "startup_cmd": "x", "env_vars": ["A"]}}, "deployment.env_vars"),
     ({"sub_queues": [{"name": "inference.high", "priority": "high"}]}, "sub_queues[0].priority"),
     ({"sub_queues": [{"name": "other.high", "priority": 1}]}, "sub_queues[0].name"),
+    ({"sub_queues": [{"name": "inference.\x1b[2Jhigh", "priority": 1}]}, "sub_queues[0].name"),
+    ({"sub_queues": [{"name": "inference." + "x" * 300, "priority": 1}]}, "sub_queues[0].name"),
+    ({"sub_queues": {"bell\x07": 1}}, "sub_queues.bell\x07"),
+    ({"sub_queues": {f"s{i}": 1 for i in range(1001)}}, "sub_queues"),
     ({"vaults": {"API_KEY": {"nested": 1}}}, "vaults.API_KEY"),
 ])
 async def test_bad_answer_names_the_field(change, field):

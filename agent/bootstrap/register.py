@@ -63,6 +63,7 @@ from agent.bootstrap.models import (
     RedisConnection,
     Registration,
 )
+from agent.config.limits import MAX_QUEUES, queue_name_problem
 from agent.config.model import Config, RedisConfig, Secret
 from agent.logs import redact, register_secret
 
@@ -446,13 +447,18 @@ def _sub_queues(data: Mapping[str, Any], parent: str, read: _Reader, warnings: l
     if not items:
         priority = read.integer(queue, "priority", "queue.priority")
         return {f"{parent}.default": priority if priority and priority > 0 else 1}
+    if len(items) > MAX_QUEUES:
+        raise read.fail("sub_queues", f"{len(items):,} sub-queues, above the limit of {MAX_QUEUES:,} per agent")
     out: dict[str, int] = {}
     for sub, weight, path in items:
+        name_path = path.rsplit(".", 1)[0] + ".name" if path.endswith("priority") else path
+        problem = queue_name_problem(sub)
+        if problem:
+            raise read.fail(name_path, problem)
         full = sub if sub == parent or sub.startswith(parent + ".") else (
             f"{parent}.{sub}" if "." not in sub else "")
         if not full or any(c.isspace() for c in full) or any(c in full for c in "{}:"):
-            raise read.fail(path.rsplit(".", 1)[0] + ".name" if path.endswith("priority") else path,
-                            f"{sub!r} is not a sub-queue of {parent!r} (expected {parent}.<name>)")
+            raise read.fail(name_path, f"{sub!r} is not a sub-queue of {parent!r} (expected {parent}.<name>)")
         number = read.integer({"w": weight}, "w", path)
         if number is None:
             raise read.fail(path, "is required but missing")
