@@ -209,6 +209,9 @@ def test_enqueue_headers_reach_the_task_message(client, redis_url):
     # What asynq's Inspector.GetTaskInfo().Headers reads: the TaskMessage's headers map.
     with Inspector.from_url(redis_url) as inspector:
         assert inspector.get_task("emails", "with-headers").headers == headers
+    # and what GET /tasks/{id} shows
+    shown = client.get("/tasks/with-headers", headers=C, params={"queue": "emails"})
+    assert shown.status_code == 200 and shown.json()["headers"] == headers
     batch = client.post("/tasks/batch", headers=C, json={"tasks": [
         {"type": "h", "queue": "emails", "task_id": "in-batch", "headers": {"k": "v"}},
         {"type": "h", "queue": "emails", "headers": {"k": 1}}]}).json()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.broker.messages import decode_task_message
@@ -28,6 +28,7 @@ class TaskInfo:
     last_failed_at: int = 0
     completed_at: int = 0
     next_process_at: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
 
     def result_json(self) -> Any:
         return None if self.result is None else json.loads(self.result)
@@ -45,6 +46,7 @@ def task_info_from_hash(queue: str, task_id: str, fields: dict[bytes, bytes], sc
         last_error=msg.error_msg if msg else "", last_failed_at=msg.last_failed_at if msg else 0,
         completed_at=msg.completed_at if msg else 0,
         next_process_at=int(score) if score is not None else 0,
+        headers=dict(msg.headers) if msg else {},
     )
 
 

@@ -102,7 +102,9 @@ _SCHEMAS: dict[str, Any] = {
         "result_encoding": {"enum": ["text", "base64"]},
         "retried": {"type": "integer"}, "max_retry": {"type": "integer"},
         "last_error": {"type": ["string", "null"]}, "last_failed_at": {"type": ["integer", "null"]},
-        "completed_at": {"type": ["integer", "null"]}, "next_process_at": {"type": ["integer", "null"]}}},
+        "completed_at": {"type": ["integer", "null"]}, "next_process_at": {"type": ["integer", "null"]},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "the task's asynq headers ({} when it has none)"}}},
     "QueueStats": {"type": "object", "properties": {
         name: {"type": kind} for name, kind in (
             ("queue", "string"), ("parent", "string"), ("weight", ["integer", "null"]), ("paused", "boolean"),
