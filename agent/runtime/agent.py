@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from agent.broker import Broker, connection
-from agent.broker.credentials import auth_reason, is_auth_error
+from agent.broker.credentials import is_auth_error
 from agent.runtime.cancel import CancelListener
 from agent.runtime.forwarder import Forwarder
 from agent.runtime.heartbeat import Heartbeat, Identity
@@ -333,7 +333,7 @@ class Agent:
             try:
                 await asyncio.wait_for(self.redis.ping(), 0.5)  # refused at once, retried inside
             except Exception as exc:  # noqa: BLE001 - any failure means not ready
-                reasons.append(f"redis rejected the credentials: {auth_reason(exc)}"
+                reasons.append(self.auth.rejection_text(exc)
                                if is_auth_error(exc) else f"redis unreachable: {type(exc).__name__}")
         if self.processor.loop_error:
             reasons.append(f"task fetching is failing: {self.processor.loop_error}")

@@ -95,6 +95,10 @@ class RedisAuth:
         out["credential_provider"] = self.credentials
         return out
 
+    def rejection_text(self, exc: BaseException) -> str:
+        """What readiness and the log say about a rejection (never the password)."""
+        return f"Redis at {describe(self.url)} rejected the credentials from {self.origin} ({auth_reason(exc)})"
+
     def accepted(self) -> None:
         if self.problem is not None:
             log.info("Redis at %s accepted the credentials", describe(self.url))
@@ -108,8 +112,7 @@ class RedisAuth:
         """
         self.rejections += 1
         self.steps += 1
-        self.problem = (f"Redis at {describe(self.url)} rejected the credentials from "
-                        f"{self.origin} ({auth_reason(exc)})")
+        self.problem = self.rejection_text(exc)
         if self.refresh is None:
             raise RedisAuthRejected(f"{self.problem}: {self.fix}")
         if self.attempts and self.rejections >= self.attempts:
