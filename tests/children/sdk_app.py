@@ -200,6 +200,16 @@ def alloc(payload):
     return os.getpid()
 
 
+@task("alloc_when_idle")
+def alloc_when_idle(payload):
+    """Return at once; allocate ``mb`` a moment later, while the child is idle."""
+    def allocate():
+        time.sleep(0.1)
+        alloc({"mb": payload["mb"]})
+    threading.Thread(target=allocate, daemon=True).start()
+    return os.getpid()
+
+
 @task("grow")
 def grow(payload):
     """Allocate payload["mb"] MB in 20 MB steps (touching every page), then sleep."""
