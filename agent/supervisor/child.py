@@ -150,19 +150,8 @@ class Child(ChildOutput):
             self._private = private = PrivateChannel()
             await private.connect(self._channel_data, self._channel_closed)
             try:
-                await loop.subprocess_exec(
-                    lambda: _Pipes(self),
-                    *spec.argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=spec.cwd,
-                    env={**spec.process_env(), **marks.env, **private.env()},
-                    pass_fds=private.pass_fds,
-                    start_new_session=True,  # own process group: stopping it stops its children
-                    # killed by the kernel if the agent dies; the reaper takes the descendants
-                    preexec_fn=pdeathsig_preexec(rlimit_setter(spec) if self.one_shot else None),
-                )
+                await self._spawn({**spec.process_env(), **marks.env, **private.env()},
+                                  private.pass_fds)
             finally:
                 private.spawned()
         except (OSError, subprocess.SubprocessError) as exc:
@@ -205,6 +194,24 @@ class Child(ChildOutput):
         if self.state == "starting":
             self.state = "ready"
         log.debug("queue %s: child process %s ready (%d slots)", spec.queue, self.pid, ledger.slots)
+
+    async def _spawn(self, env: dict[str, str], pass_fds: tuple[int, ...]) -> None:
+        """Start the process (``_connected`` is called with its transport). Overridden by
+        the one_shot fork server's children (zygote.py), which are forked, not executed."""
+        spec = self.spec
+        await asyncio.get_running_loop().subprocess_exec(
+            lambda: _Pipes(self),
+            *spec.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=spec.cwd,
+            env=env,
+            pass_fds=pass_fds,
+            start_new_session=True,  # own process group: stopping it stops its children
+            # killed by the kernel if the agent dies; the reaper takes the descendants
+            preexec_fn=pdeathsig_preexec(rlimit_setter(spec) if self.one_shot else None),
+        )
 
     def _use_channel(self, channel: str) -> None:
         """The child speaks the protocol on ``channel`` ("private" or "stdout") from now on.
