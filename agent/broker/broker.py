@@ -19,6 +19,7 @@ from agent.broker.errors import (
     TaskIDConflictError,
     TaskNotFoundError,
 )
+from agent.broker.flow.control import FlowControl
 from agent.broker.malformed import RAW_MSG_FIELD, check_message, stand_in_message
 from agent.broker.messages import (
     ServerInfo,
@@ -110,6 +111,8 @@ class Broker:
                                                       + script_source(name))
                          for name in ("retry", "retry_now", "archive")}
         self._writes: set[asyncio.Future] = set()
+        #: the queues with flow limits (set by the agent): their dequeue checks the limits
+        self.flow: FlowControl | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> Broker:
@@ -162,8 +165,11 @@ class Broker:
                       ) -> tuple[list[DequeuedTask], list[str]]:
         """Take up to ``count`` tasks from one queue. Returns (tasks, orphan IDs dropped)."""
         now = time.time()
-        call = plans.dequeue_call(queue, now, count, lease_seconds)
-        flat = await self._run(call)
+        flow = self.flow
+        if flow and queue in flow.limits:
+            flat = flow.reply(queue, await self._run(flow.call(queue, now, count, lease_seconds)), count)
+        else:
+            flat = await self._run(plans.dequeue_call(queue, now, count, lease_seconds))
         orphans: list[str] = []
         tasks = self._tasks_from_reply(queue, flat, now, int(now) + lease_seconds, orphans)
         return tasks, orphans
@@ -175,7 +181,9 @@ class Broker:
         Returns (tasks, orphan IDs dropped, how many each queue yielded)."""
         now = time.time()
         queues = [q for q, n in counts.items() if n > 0]
-        calls = [plans.dequeue_call(q, now, counts[q], lease_seconds) for q in queues]
+        flow = self.flow if self.flow else None
+        calls = [flow.call(q, now, counts[q], lease_seconds) if flow and q in flow.limits
+                 else plans.dequeue_call(q, now, counts[q], lease_seconds) for q in queues]
         replies = await self._batcher.execute(calls) if self._batcher else [
             await self._run(c) for c in calls]
         expiry = int(now) + lease_seconds
@@ -185,6 +193,8 @@ class Broker:
         for queue, flat in zip(queues, replies, strict=True):
             if isinstance(flat, Exception):
                 raise flat
+            if flow and queue in flow.limits:
+                flat = flow.reply(queue, flat, counts[queue])
             got = self._tasks_from_reply(queue, flat, now, expiry, orphans)
             taken[queue] = len(got)
             tasks.extend(got)

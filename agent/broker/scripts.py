@@ -12,6 +12,7 @@ SCRIPT_NAMES = (
     "schedule_unique",
     "add_to_group",
     "dequeue",
+    "dequeue_flow",
     "done",
     "mark_complete",
     "requeue",

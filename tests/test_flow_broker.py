@@ -1,0 +1,155 @@
+"""Flow limits in the dequeue script (dequeue_flow.lua), against a real Redis: rates, max_running,
+per-key limits with round-robin lanes, type rates; tasks held back stay pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from agent.broker import Broker, keys
+from agent.broker.flow import FlowControl, FlowLimits, TypeLimit, parse_rate
+from agent.broker.options import EnqueueOptions
+
+Q = "flowq"
+
+
+@pytest.fixture
+async def broker(redis_url):
+    b = Broker(aioredis.Redis.from_url(redis_url))
+    yield b
+    await b.close()
+
+
+def limit(broker: Broker, **kwargs) -> FlowControl:
+    broker.flow = FlowControl({Q: FlowLimits(**kwargs)})
+    return broker.flow
+
+
+async def enqueue(broker: Broker, n: int, key: str | None = None, task_type: str = "t", prefix: str = "T") -> list[str]:
+    headers = {"rundown-key": key} if key else {}
+    results = await broker.enqueue_many([(task_type, b"", EnqueueOptions(queue=Q, task_id=f"{prefix}{i}", headers=headers))
+                                         for i in range(n)])
+    return [r.id for r in results]
+
+
+async def test_rate_gives_the_burst_then_one_token_per_interval(broker, r):
+    flow = limit(broker, rate=parse_rate("20/s"))  # burst 2, a token every 50 ms
+    await enqueue(broker, 10)
+    tasks, _ = await broker.dequeue(Q, count=10)
+    assert len(tasks) == 2
+    assert flow.state[Q].tokens == 0 and flow.is_blocked(Q, time.monotonic())
+    wait = flow.blocked[Q] - time.monotonic()
+    assert 0 < wait <= 0.06
+    tasks, _ = await broker.dequeue(Q, count=10)  # asked before the token is due: nothing
+    assert tasks == []
+    assert r.llen(keys.pending(Q)) == 8 and r.llen(keys.active(Q)) == 2
+    await asyncio.sleep(0.06)
+    tasks, _ = await broker.dequeue(Q, count=10)
+    assert len(tasks) == 1
+
+
+async def test_rate_over_many_fetches_never_exceeds_burst_plus_rate(broker):
+    flow = limit(broker, rate=parse_rate("100/s"))  # burst 5
+    await enqueue(broker, 400)
+    starts: list[float] = []
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        tasks, _ = await broker.dequeue(Q, count=50)
+        starts += [time.monotonic()] * len(tasks)
+        until = flow.next_unblock()
+        await asyncio.sleep(max(0.0, (until or 0) - time.monotonic()))
+    # any 1 s window: at most burst + rate
+    worst = max(sum(1 for s in starts if a <= s < a + 1.0) for a in starts)
+    assert worst <= 105
+    assert len(starts) >= 140  # it kept up: ~150 in 1.5 s
+
+
+async def test_max_running_counts_every_lease_of_the_queue(broker, r):
+    limit(broker, max_running=3)
+    await enqueue(broker, 10)
+    r.zadd(keys.lease(Q), {"someone-elses": int(time.time()) + 30})  # another agent's (or Go's) lease
+    tasks, _ = await broker.dequeue(Q, count=10)
+    assert len(tasks) == 2
+    assert (await broker.dequeue(Q, count=10))[0] == []
+    assert broker.flow.state[Q].reason == "running" and broker.flow.state[Q].running == 3
+    r.zrem(keys.lease(Q), "someone-elses")  # it ended (or was recovered)
+    assert len((await broker.dequeue(Q, count=10))[0]) == 1
+    assert r.llen(keys.pending(Q)) == 7
+
+
+async def test_key_limit_and_round_robin_keep_tasks_pending(broker, r):
+    limit(broker, key_max_running=2)
+    await enqueue(broker, 50, key="A", prefix="A")
+    await enqueue(broker, 3, key="B", prefix="B")
+    await enqueue(broker, 2, prefix="N")  # no key: not limited per key
+    tasks, _ = await broker.dequeue(Q, count=20)
+    ids = [t.id for t in tasks]
+    assert sorted(i for i in ids if i.startswith("A")) == ["A0", "A1"]
+    assert sorted(i for i in ids if i.startswith("B")) == ["B0", "B1"]
+    assert sorted(i for i in ids if i.startswith("N")) == ["N0", "N1"]
+    assert r.llen(keys.pending(Q)) == 49  # still pending, where asynq's tools see them
+    assert r.hget(keys.task_key(Q, "A2"), "state") == b"pending"
+    # A's slot comes back when its task's lease goes (done, recovered)
+    r.zrem(keys.lease(Q), "A0")
+    tasks, _ = await broker.dequeue(Q, count=20)
+    assert [t.id for t in tasks] == ["A2"]
+
+
+async def test_a_small_key_is_served_before_a_big_backlog(broker):
+    limit(broker, key_max_running=100)
+    await enqueue(broker, 1000, key="A", prefix="A")
+    await enqueue(broker, 5, key="B", prefix="B")
+    tasks, _ = await broker.dequeue(Q, count=10)
+    assert sum(t.id.startswith("B") for t in tasks) == 5
+
+
+async def test_type_rate_holds_only_its_type(broker):
+    flow = limit(broker, types={"email:send": TypeLimit(parse_rate("20/s"))})
+    await enqueue(broker, 10, task_type="email:send", prefix="E")
+    await enqueue(broker, 10, task_type="other", prefix="O")
+    tasks, _ = await broker.dequeue(Q, count=20)
+    assert sum(t.id.startswith("E") for t in tasks) == 2
+    assert sum(t.id.startswith("O") for t in tasks) == 10
+    tasks, _ = await broker.dequeue(Q, count=20)
+    assert tasks == [] and flow.state[Q].reason == "type"
+
+
+async def test_tasks_taken_by_another_consumer_are_skipped(broker, r):
+    limit(broker, key_max_running=5)
+    await enqueue(broker, 4, key="A", prefix="A")
+    assert (await broker.dequeue(Q, count=1))[0][0].id == "A0"
+    # a Go asynq server (no limits) takes the next two straight from pending
+    r.rpoplpush(keys.pending(Q), keys.active(Q))
+    r.rpoplpush(keys.pending(Q), keys.active(Q))
+    tasks, _ = await broker.dequeue(Q, count=5)
+    assert [t.id for t in tasks] == ["A3"]
+
+
+async def test_requeued_and_forwarded_tasks_are_indexed_again(broker, r):
+    limit(broker, key_max_running=5)
+    await enqueue(broker, 2, key="A", prefix="A")
+    tasks, _ = await broker.dequeue(Q, count=1)
+    await broker.requeue(tasks[0])
+    got, _ = await broker.dequeue(Q, count=5)
+    assert sorted(t.id for t in got) == ["A0", "A1"]
+    assert r.llen(keys.pending(Q)) == 0
+
+
+async def test_paused_queue_gives_nothing_and_is_not_throttled(broker, r):
+    flow = limit(broker, max_running=1)
+    await enqueue(broker, 2)
+    r.set(keys.paused(Q), 1)
+    assert (await broker.dequeue(Q, count=5))[0] == []
+    assert not flow.is_blocked(Q, time.monotonic())
+
+
+async def test_orphan_ids_are_dropped_under_lanes(broker, r):
+    limit(broker, key_max_running=5)
+    r.lpush(keys.pending(Q), "ghost")
+    await enqueue(broker, 1, key="A", prefix="A")
+    tasks, orphans = await broker.dequeue(Q, count=5)
+    assert [t.id for t in tasks] == ["A0"] and orphans == ["ghost"]
+    assert r.llen(keys.active(Q)) == 1
