@@ -24,11 +24,14 @@ A deployed repository needs nothing else::
 
 Outcomes: a returned value (JSON-serialisable) completes the task; any other exception is a
 retriable failure recorded as ``ExcType: message``; ``SkipRetry`` archives the task at once;
-``RetryAfter(seconds)`` retries it after that delay. The wire protocol is in docs/protocol.md.
+``RetryAfter(seconds)`` retries it after that delay. ``@task("embed", batch=32, max_wait=0.01)``
+makes a batched handler (a list of payloads in, a list of results out; an ``ItemError`` or any
+exception instance in the list fails that task alone). The wire protocol is in docs/protocol.md.
 """
 
 from __future__ import annotations
 
+from .batching import ItemError
 from .channel import under_agent
 from .context import TaskContext, current_task
 from .errors import RetryAfter, SkipRetry
@@ -38,6 +41,7 @@ from .startup import install_startup_error_hook
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "ItemError",
     "RetryAfter",
     "SkipRetry",
     "TaskContext",

@@ -17,9 +17,10 @@ DEFAULT = "*"
 """Name under which the default handler (plain ``@task``) is registered and reported."""
 
 
-class Handler(namedtuple("Handler", "name func is_async ctx_mode")):
+class Handler(namedtuple("Handler", "name func is_async ctx_mode batch", defaults=(None,))):
     """A registered handler and how to call it. ``ctx_mode``: "none": handler(payload);
-    "positional": handler(payload, ctx); "keyword": handler(payload, ctx=...)."""
+    "positional": handler(payload, ctx); "keyword": handler(payload, ctx=...).
+    ``batch``: ``(size, max_wait)`` for a batched handler (task_sdk/batching.py), else None."""
 
     __slots__ = ()
 
@@ -66,7 +67,7 @@ def is_coroutine_function(func: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(func)
 
 
-def _register(name: str, func: F) -> F:
+def _register(name: str, func: F, batch: tuple[int, float] | None = None) -> F:
     if not callable(func):
         raise TypeError(f"@task must decorate a function, got {type(func).__name__}")
     if not name:
@@ -76,6 +77,7 @@ def _register(name: str, func: F) -> F:
         func=func,
         is_async=is_coroutine_function(func),
         ctx_mode=_ctx_mode(func),
+        batch=batch,
     )
     return func
 
@@ -87,10 +89,12 @@ if TYPE_CHECKING:
     @overload
     def task(type_name: str, /) -> Callable[[F], F]: ...
     @overload
-    def task(*, name: str | None = None) -> Callable[[F], F]: ...
+    def task(*, name: str | None = None, batch: int | None = None,
+             max_wait: float | None = None) -> Callable[[F], F]: ...
 
 
-def task(arg: Any = None, /, *, name: str | None = None) -> Any:
+def task(arg: Any = None, /, *, name: str | None = None, batch: int | None = None,
+         max_wait: float | None = None) -> Any:
     """Register a task handler.
 
     * ``@task`` registers the default handler: it runs every task type that has no handler of
@@ -102,8 +106,12 @@ def task(arg: Any = None, /, *, name: str | None = None) -> Any:
     ``@load`` function returned), and may be ``async def``. ``payload`` is the task payload
     decoded from JSON, or ``bytes`` when the payload is not JSON.
     Registering the same name twice keeps the later handler.
+
+    ``@task("embed", batch=32, max_wait=0.01)`` makes a batched handler: it gets a list of up
+    to 32 payloads (the agent waits at most ``max_wait`` seconds for a batch to fill) and
+    returns a list of results in the same order (see ``task_sdk.batching``).
     """
-    if callable(arg) and name is None:
+    if callable(arg) and name is None and batch is None and max_wait is None:
         return _register(DEFAULT, arg)
     if arg is not None and name is not None:
         raise TypeError("@task takes the task type either positionally or as name=, not both")
@@ -111,8 +119,12 @@ def task(arg: Any = None, /, *, name: str | None = None) -> Any:
     if chosen is not None and not isinstance(chosen, str):
         raise TypeError(f"@task name must be a string, got {type(chosen).__name__}")
 
+    from .batching import check_options
+
+    options = check_options(chosen if chosen is not None else DEFAULT, batch, max_wait)
+
     def decorate(func: F) -> F:
-        return _register(chosen if chosen is not None else DEFAULT, func)
+        return _register(chosen if chosen is not None else DEFAULT, func, options)
 
     return decorate
 

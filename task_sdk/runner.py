@@ -14,7 +14,7 @@ import time
 from collections import namedtuple
 from collections.abc import Awaitable
 
-from . import registry
+from . import batching, registry
 from .channel import PROTOCOL_VERSION, ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
@@ -256,6 +256,7 @@ class _Server:
 
     def _announce(self) -> None:
         assert self.settings is not None
+        batched = batching.announce(registry.handlers())
         self.channel.send(
             {
                 "status": "ready",
@@ -266,7 +267,7 @@ class _Server:
                 "sync_threads": self.settings.sync_threads,
                 "async_limit": self.settings.async_limit,
                 "pid": os.getpid(),
-            }
+            } | ({"batch": batched} if batched else {}),
         )
         self.channel.ready_sent = True
 
@@ -345,7 +346,7 @@ class _Server:
         if "cancel" in message:
             self._cancel(message["cancel"])
             return
-        task_id = message.get("task_id")
+        task_id = message.get("task_id") or batching.batch_key(message)
         if not isinstance(task_id, str) or not task_id:
             print(
                 f"task_sdk: ignoring a request without a task_id: {line[:200]!r}",
@@ -452,6 +453,8 @@ class _Server:
         return ctx, handler, payload
 
     async def _execute(self, task_id: str, message: dict[str, Any]) -> bytes:
+        if batching.is_batch(message):
+            return await batching.run_async(self, message)
         prepared = self._prepare(task_id, message)
         if isinstance(prepared, bytes):
             return prepared
@@ -547,6 +550,8 @@ class _Server:
             return None
         if not isinstance(message, dict) or "cancel" in message:
             return None  # a sync handler cannot be cancelled: it runs to completion
+        if batching.is_batch(message):
+            return batching.run_inline(self, message)
         task_id = message.get("task_id")
         if not isinstance(task_id, str) or not task_id:
             print(f"task_sdk: ignoring a request without a task_id: {line[:200]!r}",

@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from agent.supervisor.batches import BatchCrash, encode_batch
 from agent.supervisor.channel import PrivateChannel
 from agent.supervisor.health import Capacity, CrashSuspects
 from agent.supervisor.launch import ChildSpec, rlimit_setter
@@ -249,7 +250,7 @@ class Child(ChildOutput):
     @property
     def busy(self) -> int:
         """Slots whose handler runs now."""
-        return len(self.ledger.running)
+        return self.ledger.busy
 
     @property
     def waiting(self) -> int:
@@ -315,6 +316,23 @@ class Child(ChildOutput):
             self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
         return True
 
+    def submit_batch(self, batch_id: str, requests: list[TaskRequest],
+                     callbacks: list[Callable[[Outcome], None]]) -> bool:
+        """Send a batch of tasks to one free slot (supervisor/batches.py); False, nothing
+        sent, when the child has no free slot or is not running."""
+        if self.exit is not None or self.state != "ready" or self.free_slots < 1:
+            return False
+        self._idle.clear()
+        self.tasks_started += len(requests)
+        self.ledger.hold_batch(batch_id, requests, callbacks, time.time())
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
+        self._send(encode_batch(batch_id, requests))
+        limit = self.spec.max_tasks_per_child
+        if limit and self.tasks_started >= limit:
+            self.drain(f"recycled after {self.tasks_started} tasks (max_tasks_per_child)")
+        return True
+
     def withdraw(self, task_id: str) -> bool:
         """Stop waiting for a task (its caller gave up): forget its outcome, and ask the child
         to cancel it. Its ``on_outcome`` is never called. Its slot stays busy until the child
@@ -371,6 +389,14 @@ class Child(ChildOutput):
             self._sweeper = asyncio.get_running_loop().call_later(DEADLINE_SWEEP, self._sweep_deadlines)
 
     def _deadline_passed(self, request: TaskRequest) -> None:
+        limit = time.time() - self.spec.deadline_grace
+        late = [request] + [entry[1] for mate in self.ledger.batch_mates(request.task_id)
+                            if (entry := self.ledger.running.get(mate)) and entry[0] <= limit]
+        self.kill(f"task {request.task_id} exceeded its deadline")
+        for task in late:  # a batch's tasks whose deadline passed too fail with it
+            self._charge_deadline(task)
+
+    def _charge_deadline(self, request: TaskRequest) -> None:
         on_outcome = self._pending.pop(request.task_id, None)
         self._cancelled.discard(request.task_id)
         seconds = self.ledger.handler_seconds(request.task_id)
@@ -380,7 +406,6 @@ class Child(ChildOutput):
             request.task_id,
             self.pid,
         )
-        self.kill(f"task {request.task_id} exceeded its deadline")
         if on_outcome is not None:
             if request.timeout and seconds >= request.timeout - 0.001:
                 why = "its timeout"
@@ -559,6 +584,7 @@ class Child(ChildOutput):
                 )
             )
         running = self.ledger.running_held()
+        batched = set(self.ledger.batch_of)
         pending = self.ledger.release_all()
         self._pending = self.ledger.outcomes
         if self._sweeper is not None:
@@ -571,6 +597,9 @@ class Child(ChildOutput):
         for task_id, on_outcome in pending.items():
             if task_id in self._cancelled:
                 outcome = Outcome("retry", error="cancelled: the task was cancelled while running")
+            elif task_id in batched and not expected:  # batches.py bisects the batch
+                outcome = BatchCrash("retry", error=f"child process {self.pid} {description} "
+                                     f"while running this task{self.stderr_summary()}")
             elif task_id in guilty:
                 outcome = Outcome(
                     "retry",

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from agent.supervisor.batches import BatchCollector
 from agent.supervisor.child import Child, ChildExit, ChildStartupError
 from agent.supervisor.health import Capacity, CrashSuspects, CrashTracker, RestartPolicy
 from agent.supervisor.launch import ChildSpec
@@ -54,6 +55,7 @@ class LongRunningPool(ChildPool):
         self._started = False
         self._stopping = False
         self._stopped = asyncio.Event()
+        self.batches = BatchCollector(self._free_child)  # batched handlers (batches.py)
 
     @property
     def healthy(self) -> bool:
@@ -88,6 +90,9 @@ class LongRunningPool(ChildPool):
             await asyncio.gather(*(c.stop(reason="pool start failed") for c in children))
             raise failure
         self._started = True
+        ready = children[0].ready
+        if ready is not None and ready.batches:
+            self.batches.configure(ready.batches, ready.task_types)
         if self.spec.max_memory_bytes:
             self._in_background(self._watch_memory())
         for child in children:
@@ -102,6 +107,7 @@ class LongRunningPool(ChildPool):
         )
 
     async def stop(self, grace: float | None = None) -> None:
+        self.batches.release_all("the agent is shutting down before the task's batch started")
         self._stopping = True
         self._stopped.set()
         self._wake_waiters()
@@ -127,6 +133,7 @@ class LongRunningPool(ChildPool):
         now (up to ``timeout``; ``hurry`` cuts it short), start none of the tasks waiting in
         them, and exit; then what is left is killed. Returns once every child has exited,
         so every task held here has had its outcome (``requeue`` for the unfinished)."""
+        self.batches.release_all("the agent is shutting down before the task's batch started")
         self._stopping = True
         self._stopped.set()
         self._wake_waiters()
@@ -150,6 +157,8 @@ class LongRunningPool(ChildPool):
     def _serve(self, child: Child) -> None:
         self._serving.append(child)
         self._wake_waiters()
+        if self.batches.specs:
+            self.batches.dispatch()
 
     def _child_free(self) -> None:
         """A child finished a task: a ``run()`` waiting for room may go on, and the crash
@@ -157,6 +166,8 @@ class LongRunningPool(ChildPool):
         self.crashes.served()
         if self._waiters:
             self._wake_waiters()
+        if self.batches.specs:
+            self.batches.dispatch()
 
     def _child_exited(self, child: Child, exit: ChildExit) -> None:
         self._children.discard(child)
@@ -212,6 +223,8 @@ class LongRunningPool(ChildPool):
     # -- tasks ----------------------------------------------------------------------------
 
     async def run(self, request: TaskRequest) -> Outcome:
+        if self.batches.specs and self.batches.spec_for(request.type) is not None:
+            return await self._run_batched(request)
         child = await self._pick(request)
         try:
             return await child.run(request)
@@ -225,6 +238,9 @@ class LongRunningPool(ChildPool):
         nothing now (``run()`` then waits or raises)."""
         if not self.healthy:
             return False
+        if self.batches.specs and self.batches.spec_for(request.type) is not None:
+            self.batches.add(request, on_outcome)
+            return True
         child = self._with_room()
         return child is not None and child.submit(request, on_outcome)
 
@@ -237,6 +253,8 @@ class LongRunningPool(ChildPool):
         serving = self._serving
         free = sum(c.free_slots for c in serving)
         starts = int(min(room, free))
+        if self.batches.specs:  # a free slot takes a whole batch
+            return self.batches.room(starts)
         prefetch = 0
         for child in serving:
             ledger = child.ledger
@@ -250,6 +268,30 @@ class LongRunningPool(ChildPool):
 
     def handler_started(self, task_id: str) -> bool:
         return any(c.handler_started(task_id) for c in self._children)
+
+    def _free_child(self) -> Child | None:
+        """A child where a batch starts now (a free slot, under ``worker.concurrency``)."""
+        if not self.healthy or self.capacity.room <= 0:
+            return None
+        return next((c for c in self._serving if c.free_slots > 0), None)
+
+    async def _run_batched(self, request: TaskRequest) -> Outcome:
+        """``run()`` for a batched type: the task waits for its batch (batches.py)."""
+        await self._pick_healthy()
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.batches.add(request, lambda outcome: future.done() or future.set_result(outcome))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.withdraw(request.task_id)
+            raise
+
+    async def _pick_healthy(self) -> None:
+        if not self._started or self._stopping:
+            state = "stopping" if self._stopping else "not started"
+            raise PoolUnavailable(f"queue {self.spec.queue!r}: the child pool is {state}")
+        if not self.crashes.healthy:
+            raise PoolUnavailable(self.crashes.describe())
 
     def _with_room(self) -> Child | None:
         """A child with a free slot if a handler may start (round robin), else the child
@@ -286,6 +328,8 @@ class LongRunningPool(ChildPool):
 
     def withdraw(self, task_id: str) -> bool:
         """Stop waiting for a task sent by ``try_submit`` (the child is asked to cancel it)."""
+        if self.batches.withdraw(task_id):
+            return True
         for child in self._children:
             if child.withdraw(task_id):
                 self._wake_waiters()

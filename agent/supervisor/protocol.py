@@ -187,6 +187,8 @@ class Ready:
     max_in_flight: int | None = None
     pid: int | None = None
     slots: int | None = None  #: handlers the child runs at once (task_sdk >= slots)
+    #: batched task types: type -> (largest batch, seconds to wait for it to fill)
+    batches: dict[str, tuple[int, float]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +346,24 @@ def _ready(value: dict[str, Any]) -> Ready:
         max_in_flight=limit if _is_int(limit) and limit >= 1 else None,
         pid=pid if _is_int(pid) else None,
         slots=slots if _is_int(slots) and slots >= 1 else None,
+        batches=batch_specs(value.get("batch")),
     )
+
+
+def batch_specs(value: Any) -> dict[str, tuple[int, float]] | None:
+    """The ready message's ``batch`` member (``{type: {"size": n, "max_wait": s}}``);
+    entries that do not make sense are left out (those tasks then run one at a time)."""
+    if not isinstance(value, dict):
+        return None
+    specs: dict[str, tuple[int, float]] = {}
+    for name, spec in value.items():
+        if not isinstance(spec, dict):
+            continue
+        size, wait = spec.get("size"), spec.get("max_wait", 0)
+        if _is_int(size) and size >= 1 and isinstance(wait, (int, float)) and not isinstance(
+                wait, bool) and 0 <= wait <= 60:
+            specs[str(name)] = (size, float(wait))
+    return specs or None
 
 
 def _is_int(value: Any) -> TypeGuard[int]:

@@ -28,7 +28,8 @@ class SlotLedger:
     starts the next one as soon as a handler finishes, which is when its clock starts here).
     """
 
-    __slots__ = ("capacity", "outcomes", "prefetch", "running", "slots", "waiting")
+    __slots__ = ("batch_of", "batches", "capacity", "outcomes", "prefetch", "running", "slots",
+                 "waiting")
 
     def __init__(self, capacity: Capacity, slots: int = 1, prefetch: int = 0) -> None:
         self.capacity = capacity
@@ -37,33 +38,66 @@ class SlotLedger:
         self.outcomes: dict[str, OnOutcome] = {}
         self.running: dict[str, tuple[float, TaskRequest, float]] = {}
         self.waiting: deque[TaskRequest] = deque()
+        # batched handlers (supervisor/batches.py): one slot runs all the tasks of a batch
+        self.batches: dict[str, set[str]] = {}  # batch id -> its tasks still running
+        self.batch_of: dict[str, str] = {}  # task id -> its batch id
+
+    @property
+    def busy(self) -> int:
+        """Slots whose handler runs now (a batch takes one, whatever its size)."""
+        return len(self.running) - len(self.batch_of) + len(self.batches)
 
     def holds(self, task_id: str) -> bool:
         return task_id in self.outcomes or task_id in self.running
 
     @property
     def free_slots(self) -> int:
-        return self.slots - len(self.running)
+        return self.slots - self.busy
 
     @property
     def prefetch_room(self) -> int:
         """Tasks that may still be sent to wait (only once every slot is busy)."""
-        return self.prefetch - len(self.waiting) if len(self.running) >= self.slots else 0
+        return self.prefetch - len(self.waiting) if self.busy >= self.slots else 0
 
     def hold(self, request: TaskRequest, on_outcome: OnOutcome, now: float) -> bool:
         """Take a task sent to the child: True when its handler starts now (a free slot),
         False when it waits for one."""
         self.outcomes[request.task_id] = on_outcome
-        if len(self.running) < self.slots:
+        if self.busy < self.slots:
             self.running[request.task_id] = (request.handler_deadline(now), request, now)
             self.capacity.running += 1
             return True
         self.waiting.append(request)
         return False
 
+    def hold_batch(self, batch_id: str, requests: list[TaskRequest],
+                   callbacks: list[OnOutcome], now: float) -> None:
+        """Take a batch sent to a free slot: every task runs now, its clock starts now, and
+        the batch holds one slot until its last task is answered."""
+        members = self.batches[batch_id] = set()
+        for request, on_outcome in zip(requests, callbacks, strict=True):
+            self.outcomes[request.task_id] = on_outcome
+            self.running[request.task_id] = (request.handler_deadline(now), request, now)
+            self.batch_of[request.task_id] = batch_id
+            members.add(request.task_id)
+        self.capacity.running += 1
+
+    def batch_mates(self, task_id: str) -> list[str]:
+        """The other running tasks of ``task_id``'s batch (none for a task run alone)."""
+        batch_id = self.batch_of.get(task_id)
+        return [] if batch_id is None else [t for t in self.batches[batch_id] if t != task_id]
+
     def answered(self, task_id: str, now: float) -> None:
         """The child answered ``task_id``: its slot goes to the task waiting longest (whose
         clock starts now), or is free."""
+        batch_id = self.batch_of.pop(task_id, None)
+        if batch_id is not None:
+            members = self.batches[batch_id]
+            members.discard(task_id)
+            if members:  # the batch still runs in its slot
+                self.running.pop(task_id, None)
+                return
+            del self.batches[batch_id]
         if self.running.pop(task_id, None) is not None:
             if self.waiting:
                 request = self.waiting.popleft()
@@ -99,7 +133,9 @@ class SlotLedger:
     def release_all(self) -> dict[str, OnOutcome]:
         """The child is gone: forget everything; returns the outcome callbacks still due."""
         outcomes, self.outcomes = self.outcomes, {}
-        self.capacity.running -= len(self.running)
+        self.capacity.running -= self.busy
         self.running.clear()
+        self.batches.clear()
+        self.batch_of.clear()
         self.waiting.clear()
         return outcomes

@@ -1,0 +1,249 @@
+"""Batched handlers, the agent's side: collect a batched type's tasks and run them together.
+
+A child announces its batched types in its ready message (``"batch": {"embed": {"size":
+32, "max_wait": 0.01}}``). The pool hands each task of such a type to a ``BatchCollector``,
+which gathers up to ``size`` tasks and sends them to one free slot in one request line
+once the batch is full or ``max_wait`` seconds after its first task arrived (later, with
+more tasks in it, when no slot is free then). One batch holds one slot, so
+``worker.concurrency`` still counts handlers running. Every task keeps its own lease (the
+processor's), its own timeout (from the batch's start), outcome and result.
+
+A child that dies while it runs a batch does not charge the whole batch: the batch's tasks
+are split in halves that run as batches of their own, and again on each crash, until the
+task that kills the child runs alone and is charged (``retry``). Each split halves the
+suspects, so a batch of n tasks costs at most about log2(n) + 1 crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from agent.supervisor.outcome import Outcome
+from agent.supervisor.task_request import TaskRequest
+
+if TYPE_CHECKING:
+    from agent.supervisor.child import Child
+
+log = logging.getLogger("agent.supervisor")
+
+OnOutcome = Callable[[Outcome], None]
+_ids = itertools.count(1)
+
+
+class BatchCrash(Outcome):
+    """The outcome the child gives each task of a batch it died running: the collector
+    decides (bisect, or charge the one task left)."""
+
+    __slots__ = ()
+
+
+def encode_batch(batch_id: str, requests: list[TaskRequest]) -> bytes:
+    """``{"batch": id, "tasks": [request, ...]}``: one line, one slot (docs/protocol.md)."""
+    from agent.supervisor.protocol import encode_request
+
+    items = b",".join(encode_request(r)[:-1] for r in requests)
+    return b'{"batch":"' + batch_id.encode() + b'","tasks":[' + items + b"]}\n"
+
+
+class Batch:
+    """Tasks of one type that run together. ``split``: made by a bisection after a crash;
+    it runs as it is (no task joins it)."""
+
+    __slots__ = ("callbacks", "crashed", "id", "opened", "requests", "split", "type")
+
+    def __init__(self, task_type: str, *, split: bool = False) -> None:
+        self.id = f"b{next(_ids)}"
+        self.type = task_type
+        self.requests: list[TaskRequest] = []
+        self.callbacks: list[OnOutcome] = []
+        self.opened = time.monotonic()
+        self.split = split
+        self.crashed: list[tuple[TaskRequest, OnOutcome, Outcome]] = []
+
+    def add(self, request: TaskRequest, on_outcome: OnOutcome) -> None:
+        self.requests.append(request)
+        self.callbacks.append(on_outcome)
+
+    def remove(self, task_id: str) -> bool:
+        for i, request in enumerate(self.requests):
+            if request.task_id == task_id:
+                del self.requests[i], self.callbacks[i]
+                return True
+        return False
+
+
+class BatchCollector:
+    """The batches of one pool: forming (one per type, still taking tasks), due (full, or
+    split after a crash) and the timer that sends a forming batch when its wait is over.
+
+    ``free_child`` returns a child with a free slot (under ``worker.concurrency``) or None;
+    ``dispatch()`` is called again whenever a slot may have freed."""
+
+    def __init__(self, free_child: Callable[[], Child | None]) -> None:
+        self.specs: dict[str, tuple[int, float]] = {}
+        self.known_types: frozenset[str] = frozenset()
+        self._free_child = free_child
+        self._forming: dict[str, Batch] = {}
+        self._due: deque[Batch] = deque()
+        self._where: dict[str, Batch] = {}  # task id -> the batch it waits in (not yet sent)
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False  # the pool stopped: nothing more is sent
+
+    def configure(self, specs: dict[str, tuple[int, float]] | None,
+                  task_types: tuple[str, ...] | None) -> None:
+        """The batched types a ready child announced (every child of a pool runs the same code)."""
+        self.specs = dict(specs or {})
+        self.known_types = frozenset(task_types or ())
+
+    def spec_for(self, task_type: str) -> tuple[int, float] | None:
+        """``(size, max_wait)`` when tasks of this type run in batches."""
+        spec = self.specs.get(task_type)
+        if spec is None and "*" in self.specs and task_type not in self.known_types:
+            return self.specs["*"]  # the default handler is batched
+        return spec
+
+    @property
+    def held(self) -> int:
+        """Tasks waiting here for their batch to be sent."""
+        return len(self._where)
+
+    def room(self, free_slots: int) -> int:
+        """Tasks that could start now in ``free_slots`` slots, as batches."""
+        largest = max((size for size, _ in self.specs.values()), default=1)
+        return max(free_slots * largest - self.held, 0)
+
+    def add(self, request: TaskRequest, on_outcome: OnOutcome) -> None:
+        spec = self.spec_for(request.type)
+        assert spec is not None
+        batch = self._forming.get(request.type)
+        if batch is None:
+            batch = self._forming[request.type] = Batch(request.type)
+        batch.add(request, on_outcome)
+        self._where[request.task_id] = batch
+        if len(batch.requests) >= spec[0]:
+            del self._forming[request.type]
+            self._due.append(batch)
+        self.dispatch()
+
+    def withdraw(self, task_id: str) -> bool:
+        """Forget a task not sent yet (its outcome callback is never called)."""
+        batch = self._where.pop(task_id, None)
+        if batch is None:
+            return False
+        batch.remove(task_id)
+        if not batch.requests:
+            if self._forming.get(batch.type) is batch:
+                del self._forming[batch.type]
+            elif batch in self._due:
+                self._due.remove(batch)
+        return True
+
+    def release_all(self, error: str) -> None:
+        """The pool stops: every task not sent goes back to its queue, uncharged."""
+        self.closed = True
+        batches = [*self._due, *self._forming.values()]
+        self._due.clear()
+        self._forming.clear()
+        self._where.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for batch in batches:
+            for on_outcome in batch.callbacks:
+                on_outcome(Outcome("requeue", error=error))
+
+    def dispatch(self) -> None:
+        """Send every batch that may go now to a free slot; arm the timer for the next."""
+        if self.closed:
+            return
+        now = time.monotonic()
+        while (batch := self._next_batch(now)) is not None:
+            child = self._free_child()
+            if child is None:  # every slot busy: dispatch() runs again when one frees
+                if batch.split or len(batch.requests) >= self._size(batch.type):
+                    self._due.appendleft(batch)
+                else:
+                    self._forming[batch.type] = batch  # it goes on filling meanwhile
+                self._cancel_timer()
+                return
+            self._send(child, batch)
+        self._arm(now)
+
+    def _size(self, task_type: str) -> int:
+        spec = self.spec_for(task_type)
+        return spec[0] if spec is not None else 1
+
+    def _next_batch(self, now: float) -> Batch | None:
+        if self._due:
+            return self._due.popleft()
+        for task_type, batch in self._forming.items():
+            spec = self.spec_for(task_type)
+            if spec is None or now - batch.opened >= spec[1]:
+                return self._forming.pop(task_type)
+        return None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, now: float) -> None:
+        self._cancel_timer()
+        waits = [(spec[1] - (now - b.opened)) for t, b in self._forming.items()
+                 if (spec := self.spec_for(t)) is not None]
+        if waits:
+            delay = max(min(waits), 0.0)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.dispatch()
+
+    def _send(self, child: Child, batch: Batch) -> None:
+        for request in batch.requests:
+            self._where.pop(request.task_id, None)
+        callbacks = [self._callback(batch, request, on_outcome)
+                     for request, on_outcome in zip(batch.requests, batch.callbacks, strict=True)]
+        if not child.submit_batch(batch.id, batch.requests, callbacks):  # checked free: not expected
+            for on_outcome in batch.callbacks:
+                on_outcome(Outcome("requeue", error=f"child process {child.pid} took no batch"))
+
+    def _callback(self, batch: Batch, request: TaskRequest, on_outcome: OnOutcome) -> OnOutcome:
+        def answered(outcome: Outcome) -> None:
+            if type(outcome) is not BatchCrash:
+                on_outcome(outcome)
+                return
+            if not batch.crashed:  # the other tasks of the batch report in the same turn
+                asyncio.get_running_loop().call_soon(self._bisect, batch)
+            batch.crashed.append((request, on_outcome, outcome))
+        return answered
+
+    def _bisect(self, batch: Batch) -> None:
+        """The child died running ``batch``: one task left is the culprit (charged); more
+        are split in halves, queued behind what is due (so other work is served between
+        the crashes, and the crash accounting does not take it for a crash loop)."""
+        crashed, batch.crashed = batch.crashed, []
+        if self.closed:
+            for _, on_outcome, outcome in crashed:
+                on_outcome(Outcome("requeue", error=outcome.error))
+            return
+        if len(crashed) == 1:
+            _, on_outcome, outcome = crashed[0]
+            on_outcome(Outcome("retry", error=outcome.error))
+            return
+        log.warning("batch of %d tasks of type %r crashed its child; running them again in two "
+                    "halves to find the task that crashes it", len(crashed), batch.type)
+        middle = len(crashed) // 2
+        for part in (crashed[:middle], crashed[middle:]):
+            half = Batch(batch.type, split=True)
+            for request, on_outcome, _ in part:
+                half.add(request, on_outcome)
+                self._where[request.task_id] = half
+            self._due.append(half)
+        self.dispatch()

@@ -1,0 +1,184 @@
+"""Batched handlers with real children: one batch per slot, per-task outcomes, crash bisection.
+
+The children are tests/children/batch_app.py run with the current interpreter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.supervisor import (
+    Capacity,
+    ChildSpec,
+    Outcome,
+    RestartPolicy,
+    TaskRequest,
+    build_child_env,
+)
+from agent.supervisor.long_running import LongRunningPool
+
+CHILDREN = Path(__file__).parent / "children"
+FAST_RESTART = RestartPolicy(initial_delay=0.05, max_delay=0.3, jitter=0.1)
+
+
+def spec(env: dict[str, str] | None = None, **overrides) -> ChildSpec:
+    settings = {"startup_timeout": 10.0, "queue": "test", "stop_grace": 1.0, "deadline_grace": 0.3}
+    settings.update(overrides)
+    return ChildSpec(argv=[sys.executable, str(CHILDREN / "batch_app.py")], cwd=CHILDREN,
+                     env=build_child_env(env or {}, {}, None), **settings)
+
+
+def req(task_type: str, payload, *, timeout: float | None = None) -> TaskRequest:
+    return TaskRequest(task_id=uuid.uuid4().hex, type=task_type, payload=json.dumps(payload).encode(),
+                       queue="test", deadline=time.time() + 60, timeout=timeout)
+
+
+@pytest.fixture
+async def pool_of():
+    made: list[LongRunningPool] = []
+
+    async def make(processes: int = 1, concurrency: int = 1, **kw) -> LongRunningPool:
+        pool = LongRunningPool(spec(**kw), processes, FAST_RESTART, capacity=Capacity(concurrency))
+        made.append(pool)
+        await pool.start()
+        return pool
+
+    yield make
+    await asyncio.gather(*(p.stop(grace=1.0) for p in made))
+
+
+def submit_all(pool: LongRunningPool, requests: list[TaskRequest]) -> list[asyncio.Future[Outcome]]:
+    loop = asyncio.get_running_loop()
+    futures = []
+    for request in requests:
+        future: asyncio.Future[Outcome] = loop.create_future()
+        assert pool.try_submit(request, lambda o, f=future: f.done() or f.set_result(o))
+        futures.append(future)
+    return futures
+
+
+async def test_a_batch_of_32_with_one_failing_item(pool_of):
+    pool = await pool_of()
+    assert pool.placeable(1) == 32  # one free slot takes a whole batch
+    requests = [req("embed", {"n": i, "fail": i == 5}) for i in range(32)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*submit_all(pool, requests)), 10)
+    good = [o for o in outcomes if o.kind == "success"]
+    assert len(good) == 31
+    assert [json.loads(o.result)["n"] for o in good] == [i for i in range(32) if i != 5]
+    assert all(json.loads(o.result)["size"] == 32 for o in good)  # one batch of 32
+    assert outcomes[5] == Outcome("retry", error="item 5 is bad")
+    assert pool.capacity.running == 0 and pool.batches.held == 0
+
+
+async def test_item_exceptions_and_a_raising_handler(pool_of):
+    pool = await pool_of()
+    outcomes = await asyncio.gather(*submit_all(pool, [
+        req("embed", {"n": 0, "skip": True}), req("embed", {"n": 1})]))
+    assert outcomes[0] == Outcome("archive", error="item 0 skipped")
+    assert outcomes[1].kind == "success"
+    outcomes = await asyncio.gather(*submit_all(pool, [
+        req("embed", {"n": 0}), req("embed", {"n": 1, "raise": True})]))
+    assert [o.kind for o in outcomes] == ["retry", "retry"]
+    assert all(o.error == "ValueError: the whole batch failed" for o in outcomes)
+    wrong = await asyncio.gather(*submit_all(pool, [req("wrong", {"n": i}) for i in range(3)]))
+    assert all(o.kind == "retry" and o.error.startswith("BatchResultMismatch: ")
+               and "return one result per payload" in o.error
+               for o in wrong)
+
+
+async def test_max_wait_sends_a_partial_batch(pool_of):
+    pool = await pool_of()
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*submit_all(pool, [req("embed", {"n": i}) for i in range(3)]))
+    assert [json.loads(o.result)["size"] for o in outcomes] == [3, 3, 3]
+    assert time.monotonic() - started < 5  # sent after max_wait, not held for a full batch
+
+
+async def test_async_batched_handler(pool_of):
+    pool = await pool_of(env={"RUNDOWN_ASYNC_LIMIT": "4"})
+    requests = [req("aembed", {"n": i, "fail": i == 3}) for i in range(20)]
+    outcomes = await asyncio.gather(*submit_all(pool, requests))
+    sizes = [json.loads(o.result)["size"] for o in outcomes if o.kind == "success"]
+    assert len(sizes) == 19 and max(sizes) <= 8
+    assert outcomes[3] == Outcome("retry", error="item 3 is bad")
+
+
+async def test_a_batch_holds_one_slot_and_concurrency_counts_it_once(pool_of):
+    pool = await pool_of(processes=2, concurrency=1)
+    futures = submit_all(pool, [req("slow", {"n": i, "sleep": 0.5}) for i in range(8)])
+    await asyncio.sleep(0.2)
+    assert pool.capacity.running == 1  # one handler (max_wait 0: the first task alone)
+    assert pool.running() == 1 and pool.batches.held == 7  # the rest waits, in batches of 4
+    outcomes = await asyncio.gather(*futures)
+    assert all(o.kind == "success" for o in outcomes)
+
+
+async def test_timeout_counts_from_the_batch_start_and_charges_each_late_task(pool_of):
+    pool = await pool_of()
+    late = [req("slow", {"n": i, "sleep": 5}, timeout=0.5) for i in range(3)]
+    roomy = req("slow", {"n": 9, "sleep": 5}, timeout=30)
+    outcomes = await asyncio.wait_for(asyncio.gather(*submit_all(pool, [*late, roomy])), 10)
+    assert [o.kind for o in outcomes] == ["retry", "retry", "retry", "requeue"]
+    assert all(o.error.startswith("context deadline exceeded") for o in outcomes[:3])
+    ok = await asyncio.gather(*submit_all(pool, [req("embed", {"n": 1})]))  # a new child serves
+    assert ok[0].kind == "success"
+
+
+async def test_crash_mid_batch_is_bisected_until_only_the_culprit_is_charged(pool_of, tmp_path):
+    log = tmp_path / "batches.log"
+    pool = await pool_of(env={"BATCH_LOG": str(log)})
+    requests = [req("embed", {"n": i, "crash": i == 11}) for i in range(32)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*submit_all(pool, requests)), 60)
+    assert [i for i, o in enumerate(outcomes) if o.kind != "success"] == [11]
+    assert outcomes[11].kind == "retry"
+    assert "exited with code 7 while running this task" in outcomes[11].error
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    crashed = [r for r in runs if 11 in r]
+    assert [len(r) for r in crashed] == [32, 16, 8, 4, 2, 1]  # halved on each crash
+    assert len(crashed) <= math.log2(32) + 1
+    assert sorted(n for r in runs if 11 not in r for n in r) == [i for i in range(32) if i != 11]
+    assert pool.crashes.healthy  # halves served between the crashes: no crash loop
+
+
+async def test_two_culprits_in_one_batch_are_both_found(pool_of):
+    pool = await pool_of()
+    requests = [req("embed", {"n": i, "crash": i in (2, 13)}) for i in range(16)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*submit_all(pool, requests)), 60)
+    assert [i for i, o in enumerate(outcomes) if o.kind != "success"] == [2, 13]
+
+
+async def test_stop_requeues_the_tasks_of_a_forming_batch(pool_of):
+    pool = await pool_of()
+    futures = submit_all(pool, [req("slow", {"n": i, "sleep": 0.3}) for i in range(6)])
+    await asyncio.sleep(0.1)  # the first runs alone (max_wait 0); 5 wait for its slot
+    await pool.drain(5.0)
+    outcomes = await asyncio.gather(*futures)
+    assert [o.kind for o in outcomes] == ["success"] + ["requeue"] * 5
+
+
+async def test_withdrawn_task_leaves_its_batch(pool_of):
+    pool = await pool_of()
+    futures = submit_all(pool, [req("slow", {"n": 0, "sleep": 0.3})])
+    await asyncio.sleep(0.05)
+    waiting = req("slow", {"n": 1})
+    loop_future = submit_all(pool, [waiting])[0]
+    assert pool.withdraw(waiting.task_id)
+    assert (await futures[0]).kind == "success"
+    await asyncio.sleep(0.1)
+    assert not loop_future.done() and pool.batches.held == 0
+
+
+async def test_unbatched_types_of_the_same_code_still_run_alone(pool_of):
+    pool = await pool_of()
+    outcome = await pool.run(req("single", {"x": 1}))
+    assert outcome == Outcome("success", result=b'{"single":{"x":1}}')
+    batched = await pool.run(req("embed", {"n": 4}))
+    assert json.loads(batched.result) == {"n": 4, "size": 1, "model": "tiny"}
