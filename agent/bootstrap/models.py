@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from agent.config.flow import FlowLimits
 from agent.config.model import DeploymentConfig, Secret
 from agent.logs import redact_url
 
@@ -140,6 +141,7 @@ class QueueRegistration:
     parent: str
     sub_queues: dict[str, int]  #: every sub-queue the server returned: full name -> weight
     deployment: DeploymentSpec
+    flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,16 @@ class Registration:
     deployments: dict[str, DeploymentSpec]
     parents: dict[str, QueueRegistration]
     warnings: tuple[str, ...] = ()
+
+    @property
+    def flow(self) -> dict[str, FlowLimits]:
+        """The server's flow limits of each queue to consume (its parent's, given to each)."""
+        out = {}
+        for queue in self.queues:
+            parent = self.parents.get(queue.split(".", 1)[0])
+            if parent is not None and parent.flow:
+                out[queue] = parent.flow
+        return out
 
 
 @dataclass(frozen=True)

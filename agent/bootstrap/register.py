@@ -63,6 +63,7 @@ from agent.bootstrap.models import (
     RedisConnection,
     Registration,
 )
+from agent.config.flow import FLOW_KEYS, FlowLimits, parse_flow
 from agent.config.limits import MAX_QUEUES, queue_name_problem
 from agent.config.model import Config, RedisConfig, Secret
 from agent.logs import redact, register_secret
@@ -367,7 +368,24 @@ def parse_answer(data: Mapping[str, Any], parent: str, url: str = "", *,
     redis = _redis(data, read, local_redis)
     sub_queues = _sub_queues(data, parent, read, warnings)
     deployment = _deployment(data, parent, read, secrets, git_token or None)
-    return redis, QueueRegistration(parent=parent, sub_queues=sub_queues, deployment=deployment)
+    return redis, QueueRegistration(parent=parent, sub_queues=sub_queues, deployment=deployment,
+                                    flow=_flow(data, read))
+
+
+def _flow(data: Mapping[str, Any], read: _Reader) -> FlowLimits:
+    """``flow``: the fleet-wide limits of every sub-queue (rate, max_running, key_max_running,
+    types), spelled as in the queues file."""
+    raw = read.get(data, "flow", "flow", dict)
+    if raw is None:
+        return FlowLimits()
+    problems: list[tuple[str, str]] = []
+    limits = parse_flow(raw, lambda path, message: problems.append((path, message)), "flow")
+    unknown = sorted(str(k) for k in raw if k not in FLOW_KEYS)
+    if unknown:
+        problems.append((f"flow.{unknown[0]}", f"unknown key (expected {', '.join(FLOW_KEYS)})"))
+    if problems:
+        raise read.fail(*problems[0])
+    return limits
 
 
 def _secrets(data: Mapping[str, Any], read: _Reader) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .flow import FLOW_KEYS, parse_flow
 from .limits import MAX_CONCURRENCY, MAX_ENTRIES, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from .model import QueueSpec, Secret
 from .sources import FAILED, Findings, unknown_key
@@ -213,7 +214,7 @@ def env_vars(value: Any, ctx: Ctx) -> dict[str, str]:
     return result
 
 
-_QUEUE_KEYS = ("name", "weight", "concurrency")
+_QUEUE_KEYS = ("name", "weight", "concurrency", *FLOW_KEYS)
 
 
 def queues(value: Any, ctx: Ctx) -> tuple[QueueSpec, ...]:
@@ -269,9 +270,12 @@ def _queue_item(item: Any, where: str, ctx: Ctx) -> QueueSpec | None:
         except Invalid as exc:
             ctx.add(f"{where}.{key}", exc.message(raw))
             ok = False
+    before = len(ctx.findings.problems)
+    flow = parse_flow({k: v for k, v in item.items() if v is not FAILED}, ctx.add, where)
+    ok = ok and len(ctx.findings.problems) == before
     if not ok or "name" not in fields:
         return None
-    return QueueSpec(**fields)
+    return QueueSpec(**fields, flow=flow)
 
 
 def _queue_name(value: Any, ctx: Ctx) -> str:

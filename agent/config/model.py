@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from agent.logs import redact_url
 
+from .flow import FlowLimits
 from .values import split_host_port
 
 __all__ = [
@@ -73,6 +74,8 @@ class QueueSpec:
     name: str
     weight: int = 1  #: relative share of dequeues (ignored with ``strict_priority``)
     concurrency: int | None = None  #: per-queue in-flight limit; None = only the global limit
+    #: fleet-wide limits (rate, max_running, key_max_running, types), enforced in Redis
+    flow: FlowLimits = field(default_factory=FlowLimits)
 
     @property
     def parent(self) -> str:

@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from agent.broker import Broker, connection
 from agent.broker.credentials import is_auth_error
+from agent.broker.flow import FlowControl, FlowLimits, publish_limits
 from agent.runtime.cancel import CancelListener
 from agent.runtime.forwarder import Forwarder
 from agent.runtime.heartbeat import Heartbeat, Identity
@@ -49,6 +50,7 @@ class AgentSettings:
     weights: dict[str, int] = field(default_factory=lambda: {"default": 1})
     limits: dict[str, int] = field(default_factory=dict)
     concurrency: int = 10
+    flow: dict[str, FlowLimits] = field(default_factory=dict)  #: fleet-wide limits by queue
     strict_priority: bool = False
     shutdown_timeout: float = 8.0
     socket_timeout: float = 10.0
@@ -112,7 +114,7 @@ class Agent:
             self.broker, settings.weights, concurrency=settings.concurrency, limits=settings.limits,
             strict=settings.strict_priority, executor_for=self.executor_for, leases=self.leases,
             signal=self.signal, waiters=self.waiters, observer=self.observer,
-            capacity=self.capacity)
+            capacity=self.capacity, flow=FlowControl(settings.flow))
         queues = lambda: self.processor.queues  # noqa: E731
         self.forwarder = Forwarder(self.broker, queues)
         self.recoverer = Recoverer(self.broker, queues)
@@ -237,6 +239,7 @@ class Agent:
         self.heartbeat.concurrency = slots
         if slots < self.settings.concurrency:
             log.warning("worker.concurrency is %d but the children offer %d handler slots: at most "
+        await publish_limits(self.redis, self.settings.flow)  # for inspect stats
                         "%d handlers run at once; set deployment.processes: auto, more processes "
                         "or deployment.threads, or lower worker.concurrency",
                         self.settings.concurrency, slots, slots)
@@ -360,7 +363,8 @@ class Agent:
             "redis": {"target": connection.describe(self.settings.redis_url),
                       "auth_error": self.auth.problem},
             "queues": {q: {"weight": w, "limit": self.settings.limits.get(q),
-                           "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused}
+                           "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused,
+                           **({"flow": proc.flow.status(q)} if proc.flow and q in proc.flow.limits else {})}
                        for q, w in self.settings.weights.items()},
             "executors": {name: {"healthy": ex.healthy, "children": ex.status()}
                           for name, ex in self.pools().items()},

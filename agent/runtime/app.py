@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
+from agent.config.flow import FlowLimits
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
 from agent.runtime.redis_auth import RedisAuth, RedisAuthRejected
 from agent.supervisor import Capacity, ChildSpec, build_child_env, create_pool, resolve_argv
@@ -29,6 +30,7 @@ class Plan:
     limits: dict[str, int]
     specs: dict[str, DeploymentSpec]  # by parent queue
 
+    flow: dict[str, FlowLimits] = field(default_factory=dict)  # fleet-wide limits by queue
 
 def local_plan(config: Config) -> Plan:
     """Local mode: Redis and the deployment come from the config file."""
@@ -43,7 +45,7 @@ def local_plan(config: Config) -> Plan:
     limits = {q.name: q.concurrency for q in queues if q.concurrency}
     specs = {parent: DeploymentSpec.from_config(config.deployment, parent)
              for parent in {parent_queue(q) for q in weights}}
-    return Plan(redis, weights, limits, specs)
+    return Plan(redis, weights, limits, specs, {q.name: q.flow for q in queues if q.flow})
 
 
 async def server_plan(config: Config) -> Plan:
@@ -52,7 +54,21 @@ async def server_plan(config: Config) -> Plan:
 
     registration = await register(config)  # it logs its warnings
     limits = {q.name: q.concurrency for q in config.worker.queues if q.concurrency}
-    return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments))
+    return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments),
+                flow_limits(registration.queues, registration.flow, config.worker.queues))
+
+
+def flow_limits(queues, served: dict[str, FlowLimits], configured) -> dict[str, FlowLimits]:
+    """Each queue's flow limits: the control server's (the same for the whole fleet), then
+    the agent config's for that queue or its parent where the server sets none."""
+    mine = {q.name: q.flow for q in configured if q.flow}
+    out = {}
+    for queue in queues:
+        lim = served.get(queue, FlowLimits()).merged(
+            mine.get(queue, FlowLimits())).merged(mine.get(parent_queue(queue), FlowLimits()))
+        if lim:
+            out[queue] = lim
+    return out
 
 
 def redis_auth(config: Config, plan: Plan) -> RedisAuth:
@@ -130,7 +146,7 @@ async def serve(config: Config) -> int:
     pools = build_pools(config, plan, deployments, capacity)
     settings = AgentSettings(
         redis_url=plan.redis.url, redis_kwargs=plan.redis.kwargs, weights=plan.weights,
-        limits=plan.limits, concurrency=config.worker.concurrency,
+        limits=plan.limits, flow=plan.flow, concurrency=config.worker.concurrency,
         strict_priority=config.worker.strict_priority,
         shutdown_timeout=config.worker.shutdown_timeout)
     from agent.ops.metrics import Metrics

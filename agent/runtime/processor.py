@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent.broker import Broker, DequeuedTask, LeaseLostError, TaskNotFoundError
+from agent.broker.flow import FlowControl
 from agent.broker.plans import processing_deadline
 from agent.broker.priority import QueueOrder
 from agent.runtime.leases import LeaseKeeper
@@ -73,8 +74,12 @@ class Processor:
                  executor_for: Callable[[str], Executor], leases: LeaseKeeper,
                  signal: WorkSignal, waiters: QueueWaiters | None = None,
                  observer: Observer | None = None, batch: int = 64,
-                 capacity: Capacity | None = None) -> None:
+                 capacity: Capacity | None = None, flow: FlowControl | None = None) -> None:
         self.broker = broker
+        # queues with flow limits: their dequeue checks them (the broker's), and a queue a
+        # limit holds is not asked again before it may give (rate) or for FLOW_POLL (slots)
+        self.flow = flow if flow else None
+        broker.flow = self.flow
         # handlers running across the executors (shared with the child pools)
         self.capacity = capacity or Capacity(concurrency)
         self.order = QueueOrder(weights, strict)
@@ -123,8 +128,12 @@ class Processor:
         """Queues we may take from now: not paused, under their limit, executor healthy; by
         weight with strict priority, else in configured order (a fetch draws its own)."""
         out = []
+        flow = self.flow
+        now = time.monotonic() if flow is not None and flow.blocked else 0.0
         for queue in self.order.order() if self.order.strict else self.queues:
             if queue in self.paused:
+                continue
+            if now and flow.is_blocked(queue, now):  # type: ignore[union-attr]
                 continue
             limit = self.limits.get(queue)
             if limit is not None and self.per_queue[queue] >= limit:
@@ -201,10 +210,17 @@ class Processor:
             return
         await self._refresh_paused()
         if self.waiters is not None:
-            self.waiters.sync(self.eligible())
+            self.waiters.sync(self.eligible())  # not on a queue a limit holds: it has work
         self.signal.idle.set()
-        await self.signal.wait(1.0)
+        await self.signal.wait(self._idle_wait())
         self.signal.idle.clear()
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for work: 1, or until a queue a flow limit holds may give again."""
+        until = self.flow.next_unblock() if self.flow is not None else None
+        if until is None:
+            return 1.0
+        return min(1.0, max(0.0, until - time.monotonic()))
 
     async def _wait_or_stop(self, awaitable, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -293,8 +309,8 @@ class Processor:
         for queue, n in taken.items():
             if n:
                 self.observer.dequeued(queue, n)
-            if n < counts[queue]:  # gave less than asked: empty for now
-                empty_at[queue] = now
+            if n < counts[queue] and not (self.flow and queue in self.flow.blocked):
+                empty_at[queue] = now  # gave less than asked, and no limit held it: empty for now
         if tasks:
             return tasks, orphans
         rest = [q for q in self._weighted_order(candidates) if q not in counts]
@@ -303,7 +319,8 @@ class Processor:
         for queue in rest:
             if queue == gave:
                 break
-            empty_at[queue] = now
+            if not (self.flow and queue in self.flow.blocked):
+                empty_at[queue] = now
         return more, orphans + dropped
 
     async def _fetch_in_order(self, queues: list[str], want: int) -> tuple[list[DequeuedTask], list[str]]:
@@ -375,6 +392,9 @@ class Processor:
             recorded += entry.recording
         self._recording -= recorded
         self.leases.remove_many(tasks)
+        if self.flow is not None:
+            for task in tasks:
+                self.flow.slot_freed(task.queue)
         if not in_flight:
             self._all_done.set()
         self._slot_freed.set()

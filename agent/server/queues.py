@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from agent.config.bounded_yaml import YamlFileError, read_yaml_file
 from agent.config.capacity import MAX_PROCESSES
 from agent.config.errors import MAX_REPORTED
+from agent.config.flow import FLOW_KEYS, FlowLimits, parse_flow
 from agent.config.limits import MAX_ENTRIES, MAX_INT32, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from agent.config.model import Secret
 from agent.config.placeholders import PLACEHOLDER, expand_text
@@ -85,6 +86,7 @@ class QueueDef:
     git_token: str | None = field(default=None, repr=False)
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
 
+    flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
     @property
     def priority(self) -> int:
         return max(self.sub_queues.values())
@@ -271,8 +273,10 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         problems.append(f"{path}: must be a mapping with deployment and optional sub_queues")
         return None
     for key in raw:
-        if key not in ("priority", "sub_queues", "deployment", "task_defaults"):
-            problems.append(f"{path}.{key}: unknown key (expected priority, sub_queues, deployment, task_defaults)")
+        if key not in ("priority", "sub_queues", "deployment", "task_defaults", *FLOW_KEYS):
+            problems.append(f"{path}.{key}: unknown key (expected priority, sub_queues, deployment, "
+                            f"task_defaults, {', '.join(FLOW_KEYS)})")
+    flow = parse_flow(raw, lambda where, message: problems.append(f"{where}: {message}"), path)
     priority = raw.get("priority", 1)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= MAX_WEIGHT:
         problems.append(f"{path}.priority: must be an integer from 1 to {MAX_WEIGHT:,}")
@@ -284,7 +288,7 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         return None
     ordered = dict(sorted(subs.items(), key=lambda kv: (-kv[1], kv[0])))
     return QueueDef(name=name, sub_queues=ordered, deployment=deployment, secrets=secrets,
-                    git_token=token, defaults=defaults)
+                    git_token=token, defaults=defaults, flow=flow)
 
 
 def _sub_queues(parent: str, raw: Any, path: str, problems: list[str]) -> dict[str, int]:

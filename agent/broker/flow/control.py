@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.broker import keys
-from agent.broker.flow.limits import FlowLimits
+from agent.config.flow import FlowLimits
 from agent.broker.plans import LEASE_SECONDS, ScriptCall
 
 #: Seconds before asking again a queue held by max_running or key_max_running: a slot comes

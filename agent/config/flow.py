@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ class Rate:
 def parse_rate(value: Any) -> Rate:
     """``50/s``, ``1000/m``, ``5/10s``, ``0.5/s``; a bare number is per second."""
     if isinstance(value, bool):
-        raise FlowError(RATE_EXPECTED)
+        raise FlowError(f"expected {RATE_EXPECTED}, got {value}")
     if isinstance(value, (int, float)):
         count, period, text = float(value), 1.0, f"{value:g}/s"
     elif isinstance(value, str) and (m := _RATE.fullmatch(value)):
@@ -59,11 +60,11 @@ def parse_rate(value: Any) -> Rate:
         period = float(m.group(2) or 1) * _UNITS[m.group(3)]
         text = value.strip().replace(" ", "")
     else:
-        raise FlowError(RATE_EXPECTED)
+        raise FlowError(f"expected {RATE_EXPECTED}, got {str(value)[:40]!r}")
     if not count > 0 or not period > 0:
-        raise FlowError(RATE_EXPECTED + " (above zero)")
+        raise FlowError(f"expected {RATE_EXPECTED}, above zero, got {str(value)[:40]!r}")
     if count / period > 1e6:
-        raise FlowError(RATE_EXPECTED + " (at most 1,000,000/s)")
+        raise FlowError(f"expected {RATE_EXPECTED}, at most 1,000,000/s, got {str(value)[:40]!r}")
     return Rate(count, period, text)
 
 
@@ -118,9 +119,12 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
-def parse_flow(raw: dict[str, Any], problems: list[str], where: str) -> FlowLimits:
-    """The flow keys of a queue mapping (others are left to the caller); each problem is
-    appended as ``<where>.<key>: ...``."""
+Report = Callable[[str, str], None]
+
+
+def parse_flow(raw: dict[str, Any], report: Report, where: str) -> FlowLimits:
+    """The flow keys of a queue mapping (others are left to the caller); each problem goes
+    to ``report(path, message)`` with its path (``<where>.<key>``)."""
     found: dict[str, Any] = {}
     for key in FLOW_KEYS:
         value = raw.get(key)
@@ -130,16 +134,15 @@ def parse_flow(raw: dict[str, Any], problems: list[str], where: str) -> FlowLimi
             if key == "rate":
                 found[key] = parse_rate(value)
             elif key == "types":
-                found[key] = _types(value, f"{where}.types", problems)
+                found[key] = _types(value, f"{where}.types", report)
             else:
                 found[key] = _count(value, key)
         except FlowError as exc:
-            message = str(exc).removeprefix(f"{key}: ")
-            problems.append(f"{where}.{key}: {message}")
+            report(f"{where}.{key}", str(exc).removeprefix(f"{key}: "))
     return FlowLimits(**found)
 
 
-def _types(value: Any, where: str, problems: list[str]) -> dict[str, TypeLimit]:
+def _types(value: Any, where: str, report: Report) -> dict[str, TypeLimit]:
     if not isinstance(value, dict):
         raise FlowError('expected a mapping of task type to limits, like {"email:send": {rate: 10/s}}')
     if len(value) > MAX_TYPES:
@@ -148,13 +151,13 @@ def _types(value: Any, where: str, problems: list[str]) -> dict[str, TypeLimit]:
     for name, spec in value.items():
         path = f'{where}."{str(name)[:60]}"'
         if not isinstance(name, str) or not name or "\0" in name:
-            problems.append(f"{path}: a task type name (a non-empty string)")
+            report(path, "a task type name (a non-empty string)")
             continue
         if not isinstance(spec, dict) or set(spec) != {"rate"}:
-            problems.append(f"{path}: expected {{rate: 10/s}}")
+            report(path, "expected {rate: 10/s}")
             continue
         try:
             out[name] = TypeLimit(parse_rate(spec["rate"]))
         except FlowError as exc:
-            problems.append(f"{path}.rate: {exc}")
+            report(f"{path}.rate", str(exc))
     return out
