@@ -10,6 +10,7 @@ GET      /tasks/{id}[?queue=&wait=]      client    a task's state and result (``
 GET      /queues                         client    stats of every queue
 GET      /queues/{queue}                 client    stats of one queue
 POST     /queues/{queue}/pause|unpause   admin     pause / resume a queue (asynq's paused key)
+GET      /dashboard/...                  read      the operations dashboard (agent/server/dashboard)
 GET      /openapi.json                   public    the OpenAPI 3.1 document
 GET      /healthz                        public    Redis reachable?
 =======  ==============================  ========  ================================================
@@ -38,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -49,6 +50,7 @@ from agent.broker.options import EnqueueResult
 from agent.broker.taskinfo import FINAL_STATES, TaskInfo
 from agent.logs import redact, redact_url
 from agent.server.auth import ALLOWED, authenticate, presented_key
+from agent.server.dashboard import Sampler, dashboard_routes
 from agent.server.openapi import openapi_document
 from agent.server.queues import QueueDef, ServerSettings
 
@@ -91,11 +93,14 @@ def create_app(settings: ServerSettings, *, broker: Broker | None = None,
                         redact_url(settings.redis_url), redact(type(exc).__name__))
         log.info("control server ready", extra={
             "queues": sorted(settings.all_queues), "redis": redact_url(settings.redis_url)})
+        app.state.dashboard_sampler = Sampler(app.state.broker.redis, lambda: list(settings.all_queues))
+        app.state.dashboard_sampler.start()
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
+            await app.state.dashboard_sampler.stop()
             if own:
                 await app.state.broker.close()
 
@@ -112,6 +117,8 @@ def create_app(settings: ServerSettings, *, broker: Broker | None = None,
             Route("/queues/{queue}/unpause", unpause_queue, methods=["POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/", lambda request: RedirectResponse("/dashboard/", status_code=307)),
+            *dashboard_routes(),
         ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers={HTTPException: _http_error, ApiError: _api_error,
@@ -513,7 +520,12 @@ async def get_task(request: Request) -> Response:
             # asynq deletes a task that succeeded without retention.
             return JSONResponse({"id": task_id, "queue": seen.queue, "type": seen.type, "state": "deleted"})
         if info is not None and (info.state in FINAL_STATES or time.monotonic() >= deadline):
-            return JSONResponse(task_view(info))
+            view = task_view(info)
+            if not request.state.caller.payloads:  # a readonly key without payloads: true
+                view.update(payload=None, result=None, payloads_hidden=True)
+                view.pop("payload_encoding", None)
+                view.pop("result_encoding", None)
+            return JSONResponse(view)
         if info is None and time.monotonic() >= deadline:
             where = f"queue {queue!r}" if queue else "any queue"
             return error(404, f"task {task_id!r} not found in {where} (a task that succeeded without "

@@ -4,7 +4,9 @@ Every configured key is compared with ``hmac.compare_digest`` on every request (
 exit), so the time taken says nothing about which key, or how much of one, matched.
 
 Roles: ``worker`` may register; ``client`` may enqueue and read tasks and queue stats;
-``admin`` may do everything (including pausing queues).
+``admin`` may do everything (including pausing queues); ``readonly`` may read tasks and queue
+stats (the dashboard included) but sees no payloads or results unless its key says
+``payloads: true``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ __all__ = ["ALLOWED", "Caller", "authenticate", "presented_key"]
 
 ALLOWED: dict[str, frozenset[str]] = {
     "register": frozenset({"worker", "admin"}),
-    "read": frozenset({"client", "admin"}),
+    "read": frozenset({"client", "admin", "readonly"}),
     "enqueue": frozenset({"client", "admin"}),
     "admin": frozenset({"admin"}),
 }
@@ -31,6 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 class Caller:
     name: str
     role: str
+    payloads: bool = True  #: may see task payloads and results
 
 
 def presented_key(request: Request) -> str | None:
@@ -50,5 +53,5 @@ def authenticate(keys: Iterable[ApiKey], presented: str | None) -> Caller | None
     found: Caller | None = None
     for key in keys:
         if hmac.compare_digest(key.key.reveal().encode(), given) and found is None:
-            found = Caller(key.name, key.role)
+            found = Caller(key.name, key.role, key.payloads)
     return found

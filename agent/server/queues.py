@@ -33,7 +33,7 @@ from agent.server.git_source import resolve_git_url
 __all__ = ["ApiKey", "QueueDef", "QueuesFileError", "ROLES", "ServerSettings", "TaskDefaults",
            "load_queues_file", "parse_queues"]
 
-ROLES = ("worker", "client", "admin")
+ROLES = ("worker", "client", "admin", "readonly")
 MODES = ("long_running", "one_shot")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -63,7 +63,8 @@ class QueuesFileError(Exception):
 class ApiKey:
     name: str
     key: Secret
-    role: str  #: worker (register), client (enqueue, read), admin (everything)
+    role: str  #: worker (register), client (enqueue, read), admin (everything), readonly (read)
+    payloads: bool = True  #: may read task payloads and results (``payloads: false`` hides them)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def _keys_in_file(data: Any, environ: Mapping[str, str], source: str) -> list[st
 
 def _api_keys(raw: Any, problems: list[str]) -> list[ApiKey]:
     if not isinstance(raw, list) or not raw:
-        problems.append("api_keys: is required: a list of {name, key, role} (role: worker, client or admin)")
+        problems.append("api_keys: is required: a list of {name, key, role} (role: worker, client, admin or readonly)")
         return []
     if len(raw) > MAX_ENTRIES:
         problems.append(f"api_keys: {len(raw):,} keys, above the limit of {MAX_ENTRIES:,}")
@@ -240,9 +241,13 @@ def _api_keys(raw: Any, problems: list[str]) -> list[ApiKey]:
         if key in seen:
             problems.append(f"{path}.key: the same key is listed twice")
             continue
+        payloads = item.get("payloads", role != "readonly")
+        if not isinstance(payloads, bool):
+            problems.append(f"{path}.payloads: must be true or false, got {payloads!r}")
+            continue
         seen.add(key)
         register_secret(key)
-        keys.append(ApiKey(name=str(name), key=Secret(key), role=role))
+        keys.append(ApiKey(name=str(name), key=Secret(key), role=role, payloads=payloads))
     return keys
 
 

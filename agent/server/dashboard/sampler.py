@@ -1,0 +1,101 @@
+"""Throughput, error rate and latency over time, for the overview's sparklines.
+
+asynq keeps only daily counters, so the server samples each queue's ``processed`` and
+``failed`` totals every ``interval`` seconds (one pipelined round trip for every queue) and
+keeps the last ``points`` samples in memory: rates are the differences between samples.
+A restarted server starts a fresh history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from agent.broker import keys
+
+log = logging.getLogger("server.dashboard")
+
+INTERVAL = 5.0
+POINTS = 120  #: 10 minutes at 5 s
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    processed: int
+    failed: int
+    pending: int
+
+
+class Sampler:
+    def __init__(self, client: aioredis.Redis, queues: Callable[[], Sequence[str]] | None = None, *,
+                 interval: float = INTERVAL, points: int = POINTS) -> None:
+        self.client = client
+        self.queues = queues or (lambda: [])
+        self.interval = interval
+        self.points = points
+        self.history: dict[str, deque[Sample]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except (redis.exceptions.RedisError, OSError) as exc:
+                log.debug("dashboard sample failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.interval)
+
+    async def sample(self) -> None:
+        names = list(self.queues())
+        if not names:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for q in names:
+                pipe.get(keys.processed_total(q))
+                pipe.get(keys.failed_total(q))
+                pipe.llen(keys.pending(q))
+            values = await pipe.execute()
+        now = time.time()
+        for i, q in enumerate(names):
+            ring = self.history.setdefault(q, deque(maxlen=self.points))
+            ring.append(Sample(now, int(values[3 * i] or 0), int(values[3 * i + 1] or 0),
+                               int(values[3 * i + 2])))
+
+    def rates(self, queue: str) -> tuple[list[float], list[float]]:
+        """(tasks processed per second, failures per second) between consecutive samples."""
+        ring = list(self.history.get(queue, ()))
+        done: list[float] = []
+        failed: list[float] = []
+        for a, b in zip(ring, ring[1:], strict=False):
+            span = max(b.at - a.at, 1e-3)
+            done.append(max(0, b.processed - a.processed) / span)  # a counter wrap reads as 0
+            failed.append(max(0, b.failed - a.failed) / span)
+        return done, failed
+
+
+def sparkline(values: Sequence[float], width: int = 120, height: int = 24) -> str:
+    """The ``points`` attribute of an SVG polyline drawing ``values`` (empty: a flat line)."""
+    if len(values) < 2:
+        return f"0,{height - 1} {width},{height - 1}"
+    top = max(values) or 1.0
+    step = width / (len(values) - 1)
+    return " ".join(f"{i * step:.1f},{height - 1 - (v / top) * (height - 2):.1f}"
+                    for i, v in enumerate(values))
