@@ -20,6 +20,18 @@ class TaskContext(_Fields):
 
     __slots__ = ()
 
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the task is: ``fraction`` from 0 to 1, and an optional short text.
+
+        The agent shows it in ``GET /tasks/{id}``, ``inspect task show`` and ``/status``
+        within about 100 ms. Cheap enough for a tight loop: calls are coalesced (see
+        ``task_sdk.progress``). Raises ``ValueError``/``TypeError`` for a bad fraction or
+        message.
+        """
+        from .progress import report
+
+        report(self.id, fraction, message)
+
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("task_sdk_current_task")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.broker.messages import decode_task_message
+from agent.broker.progress import PROGRESS_FIELD, decode_progress
 
 FINAL_STATES = frozenset({"completed", "archived"})
 
@@ -29,6 +30,8 @@ class TaskInfo:
     completed_at: int = 0
     next_process_at: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    #: the handler's last ``progress()`` report: {"progress", "message", "updated_at"}, or None
+    progress: dict[str, Any] | None = None
 
     def result_json(self) -> Any:
         return None if self.result is None else json.loads(self.result)
@@ -47,6 +50,7 @@ def task_info_from_hash(queue: str, task_id: str, fields: dict[bytes, bytes], sc
         completed_at=msg.completed_at if msg else 0,
         next_process_at=int(score) if score is not None else 0,
         headers=dict(msg.headers) if msg else {},
+        progress=decode_progress(fields.get(PROGRESS_FIELD.encode())),
     )
 
 

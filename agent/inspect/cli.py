@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from agent.broker.errors import BrokerError, QueueNotFoundError
+from agent.config.values import printable
 from agent.inspect.inspector import (
     ARCHIVE_ALL_STATES,
     DEFAULT_PAGE_SIZE,
@@ -75,6 +76,17 @@ def format_time(ts: float | None) -> str:
 
 def format_ago(ts: float | None, now: float) -> str:
     return f"{format_duration(now - ts)} ago" if ts else ""
+
+
+def progress_text(progress: dict[str, Any], now: float) -> str:
+    """``40% decoded 4 of 10 chunks (reported 120ms ago)``; the message shown escaped."""
+    text = f"{float(progress['progress']) * 100:.0f}%"
+    if progress.get("message"):
+        text += f" {printable(str(progress['message']))}"
+    at = progress.get("updated_at")
+    if isinstance(at, (int, float)) and at > 0:
+        text += f" (reported {format_ago(at, now)})"
+    return text
 
 
 def format_in(ts: float | None, now: float) -> str:
@@ -455,6 +467,8 @@ def _show_lines(t: TaskDetails, now: float) -> list[str]:
         lines.append(f"Unique key:   {t.unique_key}")
     for name, value in sorted(t.headers.items()):
         lines.append(f"Header:       {name}: {value}")
+    if t.progress is not None:
+        lines.append(f"Progress:     {progress_text(t.progress, now)}")
     if t.last_error or t.last_failed_at:
         lines.append(f"Last error:   {t.last_error}")
         lines.append(f"Last failed:  {format_time(t.last_failed_at)} "

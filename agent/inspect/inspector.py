@@ -32,6 +32,7 @@ from agent.broker.messages import (
     decode_task_message,
 )
 from agent.broker.plans import ARCHIVE_MAX_AGE, ARCHIVE_MAX_SIZE
+from agent.broker.progress import PROGRESS_FIELD, decode_progress
 
 STATES = ("pending", "active", "scheduled", "retry", "archived", "completed", "aggregating")
 RUN_ALL_STATES = ("scheduled", "retry", "archived", "aggregating")
@@ -177,6 +178,8 @@ class TaskDetails:
     pending_since_ns: int | None = None
     result: bytes | None = None
     decode_error: str = ""
+    #: the handler's last progress report (``rundown_progress``): progress, message, updated_at
+    progress: dict[str, Any] | None = None
 
     @property
     def decodable(self) -> bool:
@@ -245,8 +248,8 @@ class ServerDetails:
 
 def task_from_fields(queue: str, task_id: str, state: str, raw_msg: bytes | None, *,
                      result: bytes | None = None, score: Any = None, lease: Any = None,
-                     pending_since: Any = None, group: str = "", now: float | None = None
-                     ) -> TaskDetails:
+                     pending_since: Any = None, group: str = "", now: float | None = None,
+                     progress: Any = None) -> TaskDetails:
     """Build TaskDetails from what the scripts return; never raises on bad data."""
     now = time.time() if now is None else now
     score_i = None if score is None or score is False else _int(score)
@@ -259,7 +262,8 @@ def task_from_fields(queue: str, task_id: str, state: str, raw_msg: bytes | None
         next_at = score_i
     common = dict(id=task_id, queue=queue, state=state, next_process_at=next_at, score=score_i,
                   lease_expiry=lease_i, is_orphaned=lease_i is not None and lease_i <= now,
-                  pending_since_ns=since, result=result if result not in (None, False) else None)
+                  pending_since_ns=since, result=result if result not in (None, False) else None,
+                  progress=decode_progress(progress if isinstance(progress, bytes) else None))
     if raw_msg is None or raw_msg is False:
         return TaskDetails(**common, group=group, decode_error="the task hash has no msg field")
     try:
@@ -446,7 +450,7 @@ class Inspector:
         return task_from_fields(
             queue, task_id, state, fields.get("msg"), result=fields.get("result"), score=score,
             lease=lease if state == "active" else None, pending_since=fields.get("pending_since"),
-            group=_text(fields.get("group")), now=now)
+            group=_text(fields.get("group")), now=now, progress=fields.get(PROGRESS_FIELD))
 
     def retry_task(self, queue: str, task_id: str) -> None:
         """Move a scheduled, retry, archived, completed or aggregating task to pending

@@ -28,6 +28,7 @@ from agent.runtime.janitor import Janitor
 from agent.runtime.leases import LOOP_STALL_SECONDS, LeaseKeeper
 from agent.runtime.lifecycle import Lifecycle, State
 from agent.runtime.processor import Observer, Processor
+from agent.runtime.progress import ProgressBoard
 from agent.runtime.reconciler import Reconciler
 from agent.runtime.recoverer import Recoverer
 from agent.runtime.redis_auth import RedisAuth
@@ -64,7 +65,7 @@ def parent_queue(queue: str) -> str:
 class Agent:
     def __init__(self, settings: AgentSettings, executors: Mapping[str, Executor],
                  observer: Observer | None = None, capacity: Capacity | None = None,
-                 auth: RedisAuth | None = None) -> None:
+                 auth: RedisAuth | None = None, progress: ProgressBoard | None = None) -> None:
         self.settings = settings
         # what a rejected Redis login leads to (default: give up at once, as in local mode)
         self.auth = auth or RedisAuth(settings.redis_url, "the configuration",
@@ -124,9 +125,16 @@ class Agent:
                                    settings.strict_priority, lambda: self.lifecycle.asynq_status,
                                    self.processor.running_tasks)
         self.cancels = CancelListener(self.redis, self.processor.cancel)
+        self.progress = progress or ProgressBoard()  # ctx.progress() reports, written to Redis
+        self.progress.attach(self.redis, self._holds)
         self.loops = [self.heartbeat, self.forwarder, self.recoverer, self.janitor, self.reconciler]
         self._loop = asyncio.get_running_loop()
         self.leases.on_lost = lambda task: self._loop.call_soon_threadsafe(self.processor.abandon, task)
+
+    def _holds(self, task_id: str) -> bool:
+        """This agent holds the task and may still write for it (lease not lost)."""
+        entry = self.processor.in_flight.get(task_id)
+        return entry is not None and not entry.interrupted
 
     def executor_for(self, queue: str) -> Executor:
         return self.executors[parent_queue(queue)]
@@ -371,7 +379,8 @@ class Agent:
             "in_flight": [{"id": t.id, "queue": t.queue,
                            "type": t.message.type if t.message else "",
                            "running": t.id in running,
-                           "age_seconds": round(now - t.started_at, 3)}
+                           "age_seconds": round(now - t.started_at, 3),
+                           "progress": self.progress.get(t.id)}
                           for t in (e.task for e in list(proc.in_flight.values()))],
             "leases": {"extensions": self.leases.extensions, "losses": self.leases.losses,
                        "errors": self.leases.errors},

@@ -15,6 +15,7 @@ from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
 from agent.config.flow import FlowLimits
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
+from agent.runtime.progress import ProgressBoard
 from agent.runtime.redis_auth import RedisAuth, RedisAuthRejected
 from agent.supervisor import Capacity, ChildSpec, build_child_env, create_pool, resolve_argv
 
@@ -111,7 +112,7 @@ async def deploy_all(config: Config, specs: dict[str, DeploymentSpec]) -> dict[s
 
 
 def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
-                capacity: Capacity) -> dict:
+                capacity: Capacity, progress: ProgressBoard | None = None) -> dict:
     """One pool per deployment: parent queues whose specs are the same (``deploy_all`` gave
     them one ``Deployment``) share its children, so 2,000 queues cost no more processes than
     one. Returns the pool of each parent queue."""
@@ -132,7 +133,8 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
             max_tasks_per_child=worker.max_tasks_per_child,
             max_memory_bytes=worker.max_memory_per_child, queue=parent,
             rlimit_as_bytes=deployment.one_shot_memory_limit,
-            rlimit_cpu_seconds=deployment.one_shot_cpu_seconds)
+            rlimit_cpu_seconds=deployment.one_shot_cpu_seconds,
+            on_progress=progress.report if progress is not None else None)
         pools[parent] = shared[key] = create_pool(
             child, mode=spec.mode, processes=spec.processes, capacity=capacity,
             target_slots=worker.concurrency)
@@ -143,7 +145,8 @@ async def serve(config: Config) -> int:
     plan = local_plan(config) if config.local_mode else await server_plan(config)
     deployments = await deploy_all(config, plan.specs)
     capacity = Capacity(config.worker.concurrency)
-    pools = build_pools(config, plan, deployments, capacity)
+    progress = ProgressBoard()
+    pools = build_pools(config, plan, deployments, capacity, progress)
     settings = AgentSettings(
         redis_url=plan.redis.url, redis_kwargs=plan.redis.kwargs, weights=plan.weights,
         limits=plan.limits, flow=plan.flow, concurrency=config.worker.concurrency,
@@ -153,7 +156,8 @@ async def serve(config: Config) -> int:
     from agent.ops.service import OpsPlane
 
     metrics = Metrics()
-    agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan))
+    agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan),
+                  progress=progress)
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()

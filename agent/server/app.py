@@ -472,7 +472,8 @@ def task_view(info: TaskInfo) -> dict[str, Any]:
         "id": info.id, "queue": info.queue, "type": info.type, "state": info.state,
         "retried": info.retried, "max_retry": info.max_retry, "last_error": info.last_error or None,
         "last_failed_at": info.last_failed_at or None, "completed_at": info.completed_at or None,
-        "next_process_at": info.next_process_at or None, "headers": info.headers}
+        "next_process_at": info.next_process_at or None, "headers": info.headers,
+        "progress": info.progress}
     view.update(_decoded("payload", info.payload))
     view.update(_decoded("result", info.result))
     return view

@@ -104,7 +104,12 @@ _SCHEMAS: dict[str, Any] = {
         "last_error": {"type": ["string", "null"]}, "last_failed_at": {"type": ["integer", "null"]},
         "completed_at": {"type": ["integer", "null"]}, "next_process_at": {"type": ["integer", "null"]},
         "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                    "description": "the task's asynq headers ({} when it has none)"}}},
+                    "description": "the task's asynq headers ({} when it has none)"},
+        "progress": {"type": ["object", "null"],
+                     "description": "the handler's last progress report, null when it made none",
+                     "properties": {"progress": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "message": {"type": "string"},
+                                    "updated_at": {"type": "number", "description": "Unix seconds"}}}}},
     "QueueStats": {"type": "object", "properties": {
         name: {"type": kind} for name, kind in (
             ("queue", "string"), ("parent", "string"), ("weight", ["integer", "null"]), ("paused", "boolean"),

@@ -51,6 +51,9 @@ class ChildSpec:
     * ``deadline_grace``: seconds after a task's deadline before the agent gives up on the
       answer and stops the child (task_sdk cancels async handlers at the deadline itself).
     * ``stderr_lines``: how many last stderr lines are kept for diagnosis.
+    * ``on_progress``: called as ``(task_id, queue, fraction, message)`` for each progress
+      report of a task a child runs (``agent.supervisor.progress``); None ignores them.
+    * ``gpu``: the device this child sees (``CUDA_VISIBLE_DEVICES``), or None.
     """
 
     argv: list[str]
@@ -69,6 +72,9 @@ class ChildSpec:
     stop_grace: float = 10.0
     deadline_grace: float = 0.25
     stderr_lines: int = 50
+    on_progress: Callable[[str, str, float, str], None] | None = field(
+        default=None, compare=False, repr=False)
+    gpu: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +103,8 @@ class ChildSpec:
         env["RUNDOWN_SYNC_THREADS"] = str(self.threads)
         env["RUNDOWN_ASYNC_LIMIT"] = str(self.async_limit)
         env["RUNDOWN_MAX_IN_FLIGHT"] = str(self.async_limit)  # task_sdk before slots
+        if self.gpu is not None:  # exactly one device, whatever the deployment's variables say
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env
 
 

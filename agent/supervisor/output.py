@@ -22,6 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from agent.supervisor.outcome import Outcome
+from agent.supervisor.progress import child_progress
 from agent.supervisor.protocol import (
     LineSplitter,
     Output,
@@ -159,6 +160,8 @@ class ChildOutput:
                         self.pid,
                         message.error,
                     )
+            elif isinstance(message, StatusMessage) and message.message.get("status") == "progress":
+                child_progress(self.spec, self.ledger, self.pid, message.message)
             elif isinstance(message, StatusMessage):
                 log.debug(
                     "queue %s: child process %s status: %s",
