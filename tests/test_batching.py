@@ -182,3 +182,45 @@ async def test_unbatched_types_of_the_same_code_still_run_alone(pool_of):
     assert outcome == Outcome("success", result=b'{"single":{"x":1}}')
     batched = await pool.run(req("embed", {"n": 4}))
     assert json.loads(batched.result) == {"n": 4, "size": 1, "model": "tiny"}
+
+
+# -- end to end: a real agent, real Redis ------------------------------------------------------
+
+
+def test_agent_runs_32_tasks_as_one_batch_and_charges_only_the_failing_and_the_crashing(
+        tmp_path, redis_url):
+    from agent.client import Client
+    from tests.agentproc import AgentProcess, local_config, wait_until
+
+    with Client(redis_url) as client:
+        infos = [client.enqueue("embed", {"n": i, "fail": i == 5}, queue="batched", retention=600,
+                                max_retry=3) for i in range(32)]
+        config, port = local_config(tmp_path, redis_url, ["batched"], concurrency=1,
+                                    startup_cmd="python batch_app.py", app_dir=CHILDREN)
+        agent = AgentProcess(config, port, tmp_path / "agent.log").start()
+        try:
+            def states():
+                found = [client.get_task("batched", i.id) for i in infos]
+                return found if sum(f.state in ("completed", "retry") for f in found) == 32 else None
+
+            found = wait_until(states, 30, what="32 tasks done")
+            done = [f for f in found if f.state == "completed"]
+            assert len(done) == 31
+            assert {f.result_json()["size"] for f in done} == {32}  # one batch of 32
+            assert found[5].state == "retry" and found[5].retried == 1
+            assert found[5].last_error == "item 5 is bad"
+
+            crash = [client.enqueue("embed", {"n": i, "crash": i == 6}, queue="batched",
+                                    retention=600, max_retry=3) for i in range(16)]
+
+            def crashed():
+                found = [client.get_task("batched", i.id) for i in crash]
+                return found if sum(f.state in ("completed", "retry") for f in found) == 16 else None
+
+            found = wait_until(crashed, 60, what="16 tasks done after the crashes")
+            assert [f.state for f in found] == ["completed"] * 6 + ["retry"] + ["completed"] * 9
+            assert "exited with code 7 while running this task" in found[6].last_error
+            assert found[6].retried == 1
+            assert agent.get("/readyz").status_code == 200
+        finally:
+            agent.stop()
