@@ -50,8 +50,8 @@ class AgentSettings:
     redis_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=lambda: {"default": 1})
     limits: dict[str, int] = field(default_factory=dict)
-    concurrency: int = 10
     flow: dict[str, FlowLimits] = field(default_factory=dict)  #: fleet-wide limits by queue
+    concurrency: int = 10
     strict_priority: bool = False
     shutdown_timeout: float = 8.0
     socket_timeout: float = 10.0
@@ -239,6 +239,7 @@ class Agent:
         await self.connect()
         # Register our queues so `asynq stats` and the Inspector show them before any enqueue.
         await self.broker.register_queues(self.processor.queues)
+        await publish_limits(self.redis, self.settings.flow)  # for inspect stats
         await asyncio.to_thread(self.reaper.start)
         for name, executor in self.pools().items():
             log.info("starting the task processes for queue %s", name)
@@ -247,7 +248,6 @@ class Agent:
         self.heartbeat.concurrency = slots
         if slots < self.settings.concurrency:
             log.warning("worker.concurrency is %d but the children offer %d handler slots: at most "
-        await publish_limits(self.redis, self.settings.flow)  # for inspect stats
                         "%d handlers run at once; set deployment.processes: auto, more processes "
                         "or deployment.threads, or lower worker.concurrency",
                         self.settings.concurrency, slots, slots)

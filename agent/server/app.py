@@ -280,6 +280,8 @@ def registration_answer(settings: ServerSettings, queue: QueueDef) -> dict[str, 
     }
     if queue.git_token:
         answer["git_token"] = queue.git_token
+    if queue.flow:
+        answer["flow"] = queue.flow.as_dict()  # every agent of the queue enforces the same limits
     return answer
 
 
@@ -287,8 +289,6 @@ def registration_answer(settings: ServerSettings, queue: QueueDef) -> dict[str, 
 
 def _resolve_queue(settings: ServerSettings, name: Any) -> tuple[str, QueueDef]:
     if not isinstance(name, str) or not name.strip():
-    if queue.flow:
-        answer["flow"] = queue.flow.as_dict()  # every agent of the queue enforces the same limits
         raise ApiError(400, "queue is required (a configured queue or sub-queue name)")
     known = settings.all_queues
     for candidate in (name, f"{name}.default"):
