@@ -30,8 +30,8 @@ class Plan:
     weights: dict[str, int]
     limits: dict[str, int]
     specs: dict[str, DeploymentSpec]  # by parent queue
-
     flow: dict[str, FlowLimits] = field(default_factory=dict)  # fleet-wide limits by queue
+
 
 def local_plan(config: Config) -> Plan:
     """Local mode: Redis and the deployment come from the config file."""

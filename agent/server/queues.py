@@ -86,8 +86,8 @@ class QueueDef:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     git_token: str | None = field(default=None, repr=False)
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
-
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
+
     @property
     def priority(self) -> int:
         return max(self.sub_queues.values())
