@@ -63,7 +63,7 @@ def shown(data: bytes | None) -> tuple[str, str]:
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("agent.server.dashboard", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True)
     env.filters.update(utc=utc, ago=ago, duration=duration, sparkline=sparkline)
     env.globals["shown"] = shown
     return env
