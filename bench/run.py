@@ -80,7 +80,7 @@ SIZES = {
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
-            "micro", "profile")
+            "micro", "profile", "batching")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -230,6 +230,17 @@ class Suite:
                 if result.get("tasks_per_s"):
                     result["efficiency"] = round(result["tasks_per_s"] / ideal, 3)
                 row[system] = result
+
+    def batching(self) -> None:
+        """Batched handlers against unbatched at the same child slots (bench/batching.py)."""
+        from bench import batching
+
+        out = self.runs["batching"] = batching.run(self.h, self.args.mode)
+        print(f"   batched {out['batched']['tasks_per_s']}/s vs unbatched "
+              f"{out['unbatched']['tasks_per_s']}/s: {out['throughput_ratio']}x (target >= 10x); "
+              f"added latency p50 {out['added_latency_ms']['p50']} ms, p99 "
+              f"{out['added_latency_ms']['p99']} ms (target <= "
+              f"{out['p99_added_latency_target_ms']:g} ms)", flush=True)
 
     def floor(self) -> None:
         n = self.args.n or self.sizes["floor"]
