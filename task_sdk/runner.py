@@ -98,8 +98,17 @@ def run_once() -> None:
     """Serve exactly one task (the agent's ``one_shot`` mode), then return.
 
     Runs ``@load``, reports ready, reads a single request, answers it and returns. Returns
-    without output if the agent closes stdin before sending a request.
+    without output if the agent closes stdin before sending a request. Started as the
+    agent's one_shot fork server, it forks a process per task instead (zygote.py).
     """
+    if os.environ.get("RUNDOWN_ZYGOTE_FD"):
+        from . import zygote
+
+        try:
+            zygote.serve(lambda: _serve(once=True), _run_coroutine)
+        except StartupError as exc:
+            _report_startup_error(protocol_channel(), str(exc))
+            raise SystemExit(1) from None
     _serve(once=True)
 
 
@@ -528,6 +537,9 @@ class _Server:
                 busy = True
                 started = clock()
                 answer = self._inline_line(line)
+                if answer is not None and self.once:  # no watchdog thread for one answer
+                    channel.send_line(answer)
+                    break
                 if answer is not None:
                     self._hold(answer, started)
                     now = clock()

@@ -119,6 +119,8 @@ class DeploymentConfig:
     async_limit: int | None = None  #: async handlers at once per child; load_config sets worker.concurrency if unset
     one_shot_memory_limit: int | None = None  #: RLIMIT_AS of each one_shot child (bytes)
     one_shot_cpu_seconds: int | None = None  #: RLIMIT_CPU of each one_shot child (seconds)
+    one_shot_start: str = "fork"  #: ``fork`` (a warm zygote forks each task's process) or ``exec``
+    one_shot_load: str = "per_task"  #: with fork: ``per_task`` @load, or ``inherit`` the zygote's
     venv: str = "auto"  #: ``auto``, ``none`` or an absolute path of a virtualenv
     requirements: str | None = None  #: relative to the code dir; None = requirements.txt if present
 

@@ -82,6 +82,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "max_in_flight_per_child": Field(f.integer(1, MAX_CONCURRENCY)),  # deprecated alias of async_limit
         "one_shot_memory_limit": Field(f.size),
         "one_shot_cpu_seconds": Field(f.integer(1, int(MAX_DURATION))),
+        "one_shot_start": Field(f.choice("fork", "exec")),
+        "one_shot_load": Field(f.choice("per_task", "inherit")),
         "venv": Field(f.venv),
         "requirements": Field(f.code_file),
     }),

@@ -137,7 +137,8 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
             on_progress=progress.report if progress is not None else None)
         pools[parent] = shared[key] = create_pool(
             child, mode=spec.mode, processes=spec.processes, capacity=capacity,
-            target_slots=worker.concurrency)
+            target_slots=worker.concurrency, one_shot_start=deployment.one_shot_start,
+            one_shot_load=deployment.one_shot_load)
     return pools
 
 

@@ -61,14 +61,18 @@ def create_pool(
     restart: RestartPolicy | None = None,
     capacity: Capacity | None = None,
     target_slots: int = 1,
+    one_shot_start: str = "fork",
+    one_shot_load: str = "per_task",
 ) -> ChildPool:
     """The pool of one deployment: warm children (``processes``, or None for as many as
     ``target_slots`` handlers at once need), or a fresh child per task. ``capacity`` is
-    shared by every pool of the agent (``worker.concurrency``)."""
+    shared by every pool of the agent (``worker.concurrency``). ``one_shot_start`` and
+    ``one_shot_load``: how one_shot processes start (see ``OneShotPool``)."""
     if mode == "long_running":
         return LongRunningPool(spec, processes, restart, capacity=capacity, target_slots=target_slots)
     if mode == "one_shot":
-        return OneShotPool(spec, restart, capacity=capacity)
+        return OneShotPool(spec, restart, capacity=capacity, start=one_shot_start,
+                           load=one_shot_load)
     raise ValueError(
         f"queue {spec.queue!r}: mode must be 'long_running' or 'one_shot', got {mode!r}"
     )

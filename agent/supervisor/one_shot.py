@@ -14,6 +14,7 @@ from agent.supervisor.launch import ChildSpec
 from agent.supervisor.outcome import Outcome
 from agent.supervisor.pool import ChildPool, PoolUnavailable, wait_then_kill
 from agent.supervisor.task_request import TaskRequest
+from agent.supervisor.zygote import ForkedChild, Zygote
 
 log = logging.getLogger("agent.supervisor")
 
@@ -28,10 +29,16 @@ class OneShotPool(ChildPool):
     restart backoff) makes it healthy again. A crash while running a task is that task's
     failure only (``retry``). ``capacity`` bounds how many run at once: a task counts from
     the moment the pool accepts it (``try_submit``), its process still starting.
+
+    ``start``: ``fork`` (the default) has a warm zygote of the deployment fork each task's
+    process (zygote.py; ``load``: ``per_task`` runs ``@load`` in every such process,
+    ``inherit`` once in the zygote); the pool falls back to ``exec`` (a fresh interpreter per
+    task) when the zygote says forking is unsafe in it.
     """
 
     def __init__(self, spec: ChildSpec, restart: RestartPolicy | None = None,
-                 *, capacity: Capacity | None = None) -> None:
+                 *, capacity: Capacity | None = None, start: str = "fork",
+                 load: str = "per_task") -> None:
         self.spec = spec
         self.capacity = capacity or Capacity()
         self._starting = 0  # tasks accepted whose child has not been sent them yet
@@ -41,6 +48,11 @@ class OneShotPool(ChildPool):
         self._probe: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
+        if start not in ("fork", "exec"):
+            raise ValueError(f"queue {spec.queue!r}: one_shot_start must be fork or exec, got {start!r}")
+        # "fork": a process per task forked by a warm zygote (zygote.py); "exec": executed
+        self._zygote = Zygote(spec, load) if start == "fork" else None
+        self._zygote_start: asyncio.Future[None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -48,6 +60,8 @@ class OneShotPool(ChildPool):
 
     async def start(self) -> None:
         self._started = True
+        if self._zygote is not None:  # warm it now; a failure shows at the first task
+            self._start_zygote().add_done_callback(lambda done: done.exception())
 
     async def stop(self, grace: float | None = None) -> None:
         self._stopping = True
@@ -57,6 +71,10 @@ class OneShotPool(ChildPool):
         await asyncio.gather(
             *(c.stop(grace, reason="the agent is shutting down") for c in self._running.values())
         )
+        if self._zygote_start is not None:
+            self._zygote_start.cancel()
+        if self._zygote is not None:
+            await self._zygote.stop(grace)
 
     def try_submit(self, request: TaskRequest, on_outcome: Callable[[Outcome], None]) -> bool:
         """Accept the task now (it counts against ``capacity`` at once) and run it in its own
@@ -97,10 +115,11 @@ class OneShotPool(ChildPool):
         except PoolUnavailable:
             self._starting -= 1
             raise
-        child = Child(self.spec, one_shot=True, capacity=self.capacity)
-        self._running[request.task_id] = child
+        child: Child | None = None
         try:
             try:
+                child = await self._new_child()
+                self._running[request.task_id] = child
                 await child.start()
             except ChildStartupError as exc:
                 self._start_failed(str(exc))
@@ -113,8 +132,37 @@ class OneShotPool(ChildPool):
             return outcome
         finally:
             self._running.pop(request.task_id, None)
-            if child.exit is None:
+            if child is not None and child.exit is None:
                 await asyncio.shield(child.stop(reason="its task is over"))
+
+    async def _new_child(self) -> Child:
+        """A child forked by the zygote (started first if it is not running), or an
+        executed one when the deployment asks for exec or cannot fork."""
+        zygote = self._zygote
+        if zygote is not None and zygote.unsafe is None:
+            if not zygote.alive:
+                await asyncio.shield(self._start_zygote())
+            if zygote.unsafe is None:
+                return ForkedChild(self.spec, zygote, capacity=self.capacity)
+        return Child(self.spec, one_shot=True, capacity=self.capacity)
+
+    def _start_zygote(self) -> asyncio.Future[None]:
+        """Start the zygote once for every task waiting for it."""
+        if self._zygote_start is None:
+            assert self._zygote is not None
+            zygote = self._zygote
+
+            async def start() -> None:
+                try:
+                    await zygote.start()
+                finally:
+                    self._zygote_start = None
+                if zygote.unsafe is not None:
+                    log.warning("queue %s: one_shot tasks start by exec, not fork: %s",
+                                self.spec.queue, zygote.unsafe)
+
+            self._zygote_start = asyncio.ensure_future(start())
+        return self._zygote_start
 
     def _start_failed(self, error: str) -> None:
         log.warning("queue %s: one_shot child failed to start: %s", self.spec.queue, error)
