@@ -186,6 +186,12 @@ def test_search_filters_and_pages_neither_repeat_nor_miss(redis_url, r):
     assert len(found) == len(set(found)) == 12  # a tiny budget: many short pages, same answer
     first = run(_search(redis_url, search.SearchQuery(queues=queues, error="nothing like it"), None, 50, 1000))
     assert first.budget_spent and first.tasks == [] and first.next_cursor
+    assert 1000 <= first.examined < 1000 + search.CHUNK
+    first = run(_search(redis_url, search.SearchQuery(queues=queues), None, 37, 1000))
+    assert first.examined == 37 and first.total == 2500 and len(first.tasks) == 37
+    every = run(_search(redis_url, search.SearchQuery(queues=queues, error="nothing like it"), None, 50,
+                        10**9))
+    assert every.examined == 2500 and every.next_cursor is None and not every.budget_spent
 
 
 def test_search_page_over_http_escapes_and_shows_the_meta(http, r):

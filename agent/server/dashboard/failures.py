@@ -88,9 +88,9 @@ async def _scan_failed(client: aioredis.Redis, queue: str, state: str, limit: in
     while seen < limit:
         reply = await script(keys=[keys.STATE_CONTAINER[state](queue)], args=[
             "desc", pos, CHUNK, keys.task_prefix(queue), "", "", "", "", "", CHUNK])
-        for i in range(1, len(reply), 3):
+        for i in range(2, len(reply), 3):
             yield reply[i].decode(errors="replace"), reply[i + 1]
-        seen += (len(reply) - 1) // 3
+        seen += int(reply[1])
         if int(reply[0]) < 0:
             return
         pos = int(reply[0])

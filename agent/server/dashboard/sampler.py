@@ -23,8 +23,8 @@ from agent.broker import keys
 
 log = logging.getLogger("server.dashboard")
 
-INTERVAL = 5.0
-POINTS = 120  #: 10 minutes at 5 s
+INTERVAL = 2.0
+POINTS = 300  #: 10 minutes at 2 s
 
 
 @dataclass(frozen=True)

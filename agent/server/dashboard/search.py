@@ -162,8 +162,8 @@ async def search(client: aioredis.Redis, query: SearchQuery, cursor: str | None 
             "" if not lua_range or query.until is None else int(query.until),
             size - len(page.tasks)])
         next_pos = int(reply[0])
-        page.examined += (next_pos - pos) if next_pos >= 0 else CHUNK
-        for i in range(1, len(reply), 3):
+        page.examined += int(reply[1])
+        for i in range(2, len(reply), 3):
             task_id, msg, when = reply[i:i + 3]
             task = task_from_fields(
                 queue, task_id.decode(errors="replace"), state, msg,

@@ -10,8 +10,8 @@
 -- ARGV[7] error text, lower case ("" for any), ARGV[8] / ARGV[9] time range in Unix
 --         seconds ("" for open): the zset score, or pending_since for a list
 -- ARGV[10] most matches to return
--- Returns {next position (-1: the container is exhausted), id, msg, time, ...}; a missing
--- msg is false, a missing time is false.
+-- Returns {next position (-1: the container is exhausted), entries examined, id, msg, time,
+-- ...}; a missing msg is false, a missing time is false.
 local order, pos, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local prefix, idp, tneedle, eneedle = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local tmin, tmax, limit = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -35,7 +35,7 @@ else
 end
 local step = zset and 2 or 1
 local examined = #entries / step
-local out = {0}
+local out = {0, 0}
 local found = 0
 local idlen = #idp
 for i = 1, #entries, step do
@@ -71,10 +71,12 @@ for i = 1, #entries, step do
         found = found + 1
         if found >= limit then
             out[1] = pos + (i + step - 1) / step
+            out[2] = (i + step - 1) / step
             return out
         end
     end
 end
+out[2] = examined
 if examined < count then
     out[1] = -1
 else
