@@ -185,7 +185,7 @@ def test_pause_in_the_dashboard_shows_on_the_agents_status(page, r, server, tmp_
 
 
 def test_live_counters_change_while_an_agent_drains_without_a_reload(page, r, server, tmp_path, redis_url):
-    n = 600
+    n = 1000  # 10 s of 10 ms handlers at concurrency 1: several 2 s polls see it fall
     seed_tasks(r, Q, n, "pending", task_type=lambda i: "sleep", payload=lambda i: b'{"seconds": 0.01}')
     page.reload()
     assert count(page, Q, "pending") == n
@@ -203,7 +203,7 @@ def test_live_counters_change_while_an_agent_drains_without_a_reload(page, r, se
         assert len(seen) >= 3, f"expected intermediate counts while it drained, saw {seen}"
         assert seen == sorted(seen, reverse=True)
         assert page.evaluate("window.__not_reloaded") is True
-        wait_until(lambda: "600 /" in page.inner_text(f'tr[data-queue="{Q}"]'), timeout=10,
+        wait_until(lambda: "1,000 /" in page.inner_text(f'tr[data-queue="{Q}"]'), timeout=10,
                    what="today's processed count")
         shoot(page, "overview-draining")
     finally:
