@@ -247,6 +247,8 @@ class Config:
     ops: OpsConfig = field(default_factory=OpsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     redis: RedisConfig | None = None
+    #: periodic tasks (``agent.scheduler.ScheduleEntry``), from the top-level ``schedule`` list
+    schedule: tuple[Any, ...] = ()
     source: Path | None = None  #: the file read, or None for environment-only configuration
     warnings: tuple[str, ...] = ()  #: non-fatal findings (deprecated keys, ignored sections)
 

@@ -159,10 +159,13 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
         findings.add("(top level)", f"expected a mapping of sections (server, worker, ...), got {describe(data)}")
         data = {}
     for key in data:
-        if str(key) not in SECTIONS:
+        if str(key) not in SECTIONS and str(key) != "schedule":
             findings.add(str(key), unknown_key(str(key), SECTIONS, what="section"))
     raw = {name: data.get(name) if isinstance(data.get(name), dict) else {} for name in SECTIONS}
     values = {name: _parse_section(name, data.get(name), findings, file_dir) for name in SECTIONS}
+    from agent.scheduler.entries import parse_schedule  # the top-level list of periodic tasks
+
+    schedule = parse_schedule(data.get("schedule"), "schedule", findings.add)
 
     _check_queues(raw["worker"], values["worker"], findings)
     _check_async_limit(raw["deployment"], values["deployment"], findings)
@@ -191,6 +194,7 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
         ops=OpsConfig(**values["ops"]),
         logging=LoggingConfig(**values["logging"]),
         redis=RedisConfig(**values["redis"]) if isinstance(data.get("redis"), dict) else None,
+        schedule=schedule,
         source=source,
     )
     return replace(config, warnings=tuple(findings.warnings))

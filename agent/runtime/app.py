@@ -142,6 +142,15 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
     return pools
 
 
+def add_background_loops(agent: Agent, config: Config, plan: Plan) -> None:
+    """The scheduler of periodic tasks and the workflow recovery loop, beside the agent's own."""
+    from agent.scheduler import Scheduler
+
+    entries = [*config.schedule, *getattr(plan, "schedule", ())]
+    if entries:
+        agent.loops.append(Scheduler(agent.redis, entries))
+
+
 async def serve(config: Config) -> int:
     plan = local_plan(config) if config.local_mode else await server_plan(config)
     deployments = await deploy_all(config, plan.specs)
@@ -159,6 +168,7 @@ async def serve(config: Config) -> int:
     metrics = Metrics()
     agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan),
                   progress=progress)
+    add_background_loops(agent, config, plan)
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()
