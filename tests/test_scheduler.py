@@ -218,3 +218,27 @@ async def test_redis_down_then_back_loses_only_the_ticks_it_was_down_for(redis_u
     await _run_for([good], 2.2)
     assert good.enqueued >= 2 and all(int(i.split(":")[1]) > start for i in _tick_tasks(r, "ticks"))
     await bad.aclose()
+
+
+def test_queues_file_schedule_reaches_every_agent_through_registration():
+    """The control server's queues file takes the same entries and hands them to each agent
+    in its registration answer, with their IDs: agents of any queue run the same ticks."""
+    from agent.bootstrap.register import parse_answer
+    from agent.server.app import registration_answer
+    from agent.server.queues import QueuesFileError, parse_queues
+    from tests.test_server import queues_doc
+
+    doc = queues_doc()
+    doc["schedule"] = [{"cron": "*/5 * * * *", "type": "report", "payload": {"k": 1}, "queue": "emails",
+                        "timezone": "Europe/Paris", "missed": "run_once"},
+                       {"every": "30s", "type": "ping", "queue": "inference.high", "max_retry": 2}]
+    settings = parse_queues(doc, redis_url="redis://127.0.0.1:6379/0")
+    assert [e.type for e in settings.schedule] == ["report", "ping"]
+    for queue in settings.queues.values():
+        answer = registration_answer(settings, queue)
+        _, reg = parse_answer(answer, queue.name, "http://control")
+        assert reg.schedule == settings.schedule
+    doc["schedule"] = [{"every": "30s"}]
+    with pytest.raises(QueuesFileError) as err:
+        parse_queues(doc)
+    assert "schedule[0].type" in str(err.value)

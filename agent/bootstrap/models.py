@@ -142,6 +142,7 @@ class QueueRegistration:
     sub_queues: dict[str, int]  #: every sub-queue the server returned: full name -> weight
     deployment: DeploymentSpec
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
+    schedule: tuple[Any, ...] = ()  #: periodic tasks the server hands out (ScheduleEntry)
 
 
 @dataclass(frozen=True)

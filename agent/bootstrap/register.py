@@ -369,7 +369,7 @@ def parse_answer(data: Mapping[str, Any], parent: str, url: str = "", *,
     sub_queues = _sub_queues(data, parent, read, warnings)
     deployment = _deployment(data, parent, read, secrets, git_token or None)
     return redis, QueueRegistration(parent=parent, sub_queues=sub_queues, deployment=deployment,
-                                    flow=_flow(data, read))
+                                    flow=_flow(data, read), schedule=_schedule(data, read))
 
 
 def _flow(data: Mapping[str, Any], read: _Reader) -> FlowLimits:
@@ -386,6 +386,17 @@ def _flow(data: Mapping[str, Any], read: _Reader) -> FlowLimits:
     if problems:
         raise read.fail(*problems[0])
     return limits
+
+
+def _schedule(data: Mapping[str, Any], read: _Reader) -> tuple[Any, ...]:
+    """``schedule``: the periodic tasks of the queues file (every agent may run them)."""
+    from agent.scheduler.entries import parse_schedule
+
+    problems: list[tuple[str, str]] = []
+    entries = parse_schedule(data.get("schedule"), "schedule", lambda p, m: problems.append((p, m)))
+    if problems:
+        raise read.fail(*problems[0])
+    return entries
 
 
 def _secrets(data: Mapping[str, Any], read: _Reader) -> dict[str, str]:

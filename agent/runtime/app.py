@@ -31,6 +31,7 @@ class Plan:
     limits: dict[str, int]
     specs: dict[str, DeploymentSpec]  # by parent queue
     flow: dict[str, FlowLimits] = field(default_factory=dict)  # fleet-wide limits by queue
+    schedule: tuple = ()  # periodic tasks handed out by the control server
 
 
 def local_plan(config: Config) -> Plan:
@@ -56,7 +57,9 @@ async def server_plan(config: Config) -> Plan:
     registration = await register(config)  # it logs its warnings
     limits = {q.name: q.concurrency for q in config.worker.queues if q.concurrency}
     return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments),
-                flow_limits(registration.queues, registration.flow, config.worker.queues))
+                flow_limits(registration.queues, registration.flow, config.worker.queues),
+                schedule=tuple({e.id: e for reg in registration.parents.values()
+                                for e in reg.schedule}.values()))
 
 
 def flow_limits(queues, served: dict[str, FlowLimits], configured) -> dict[str, FlowLimits]:
@@ -146,9 +149,9 @@ def add_background_loops(agent: Agent, config: Config, plan: Plan) -> None:
     """The scheduler of periodic tasks and the workflow recovery loop, beside the agent's own."""
     from agent.scheduler import Scheduler
 
-    entries = [*config.schedule, *getattr(plan, "schedule", ())]
+    entries = {e.id: e for e in [*config.schedule, *plan.schedule]}  # the same entry once
     if entries:
-        agent.loops.append(Scheduler(agent.redis, entries))
+        agent.loops.append(Scheduler(agent.redis, list(entries.values())))
 
 
 async def serve(config: Config) -> int:

@@ -55,6 +55,17 @@ class ScheduleEntry:
         """As ``asynq cron ls`` shows it: the cron line, or ``@every 30s``."""
         return self.cron if self.cron is not None else f"@every {self.every}s"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a ``schedule`` item (its ``id`` included), for a registration answer."""
+        out: dict[str, Any] = {"id": self.id, "type": self.type, "queue": self.queue,
+                               "timezone": self.timezone, "missed": self.missed}
+        out.update({k: v for k, v in (("cron", self.cron), ("every", self.every),
+                                      ("max_retry", self.max_retry), ("timeout", self.timeout),
+                                      ("retention", self.retention)) if v is not None})
+        if self.payload is not None:
+            out["payload"] = self.payload
+        return out
+
     def payload_bytes(self) -> bytes:
         if self.payload is None:
             return b""

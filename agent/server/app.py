@@ -275,6 +275,7 @@ def registration_answer(settings: ServerSettings, queue: QueueDef) -> dict[str, 
         "redis": redis_block(settings.advertise_redis or settings.redis_url),
         "queue": {"name": queue.name, "priority": queue.priority},
         "sub_queues": [{"name": n, "priority": p} for n, p in queue.sub_queues.items()],
+        **({"schedule": [e.to_dict() for e in settings.schedule]} if settings.schedule else {}),
         "deployment": dict(queue.deployment),
         "vaults": dict(queue.secrets),
     }

@@ -105,6 +105,7 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20
     source: str = "queues file"
     warnings: tuple[str, ...] = ()  #: findings that do not stop the server (keys written in the file)
+    schedule: tuple[Any, ...] = ()  #: periodic tasks (agent.scheduler.ScheduleEntry) for every agent
 
     def with_redis(self, url: str) -> ServerSettings:
         """The same settings served from the Redis at ``url`` (``--local-redis``)."""
@@ -141,10 +142,15 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
     if not isinstance(data, dict):
         raise QueuesFileError(source, ["the file must be a mapping with a queues section"])
     for key in data:
-        if key not in ("queues", "api_keys", "vaults", "advertise_redis", "redis", "max_body_bytes"):
+        if key not in ("queues", "api_keys", "vaults", "advertise_redis", "redis", "max_body_bytes",
+                       "schedule"):
             problems.append(f"{key}: unknown key (expected queues, api_keys, vaults, advertise_redis, "
-                            "redis, max_body_bytes)")
+                            "redis, max_body_bytes, schedule)")
     vaults = _vaults(data.get("vaults"), problems)
+    from agent.scheduler.entries import parse_schedule  # periodic tasks, handed to every agent
+
+    settings_schedule = parse_schedule(data.get("schedule"), "schedule",
+                                       lambda path, message: problems.append(f"{path}: {message}"))
     keys = _api_keys(data.get("api_keys"), problems)
     queues: dict[str, QueueDef] = {}
     raw_queues = data.get("queues")
@@ -188,7 +194,7 @@ def parse_queues(data: Any, *, source: str = "queues file", environ: Mapping[str
         if url:
             register_secret(urlsplit(url).password)
     return ServerSettings(queues=queues, api_keys=tuple(keys), source=source, warnings=tuple(warnings),
-                          **settings)
+                          schedule=settings_schedule, **settings)
 
 
 def _keys_in_file(data: Any, environ: Mapping[str, str], source: str) -> list[str]:
