@@ -21,7 +21,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "chaos": ("tests/chaos/test_chaos.py",),
     # Real agents with wall-clock bounds (handlers at once, timeouts on time, an idle agent's
     # CPU, a scheduled task on time): not beside each other.
-    "timing": ("tests/test_capacity_e2e.py", "tests/test_e2e_agent.py", "tests/test_scheduler_e2e.py"),
+    "timing": ("tests/test_capacity_e2e.py", "tests/test_e2e_agent.py", "tests/test_scheduler_e2e.py",
+              "tests/test_flow_e2e.py"),
 }
 
 # Units that took 30 s or more (a parallel run, 2 cores), longest first; the others follow

@@ -153,3 +153,39 @@ async def test_orphan_ids_are_dropped_under_lanes(broker, r):
     tasks, orphans = await broker.dequeue(Q, count=5)
     assert [t.id for t in tasks] == ["A0"] and orphans == ["ghost"]
     assert r.llen(keys.active(Q)) == 1
+
+
+async def test_inspect_stats_and_metrics_show_limits_tokens_and_running(broker, r, redis_url, monkeypatch):
+    import json as jsonlib
+
+    from click.testing import CliRunner
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.broker.flow import publish_limits
+    from agent.inspect.cli import inspect_cli
+    from agent.ops.metrics import SampledCollector
+
+    lim = FlowLimits(rate=parse_rate("20/s"), max_running=5, key_max_running=2,
+                     types={"email:send": TypeLimit(parse_rate("1/s"))})
+    flow = limit(broker, **{f: getattr(lim, f) for f in ("rate", "max_running", "key_max_running", "types")})
+    await publish_limits(broker.redis, {Q: lim, "other": FlowLimits()})
+    await enqueue(broker, 6)
+    await broker.redis.sadd(keys.ALL_QUEUES, Q)
+    tasks, _ = await broker.dequeue(Q, count=6)  # 2 tokens: 2 taken, the fetch cut short by the rate
+    assert len(tasks) == 2
+    monkeypatch.delenv("RUNDOWN_REDIS_URL", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    out = CliRunner().invoke(inspect_cli, ["--redis", redis_url, "stats"])
+    assert out.exit_code == 0, out.output
+    assert "Flow limits" in out.output
+    line = next(x for x in out.output.splitlines() if x.startswith(Q) and "20/s" in x)
+    assert line.split()[:6] == [Q, "20/s", "0", "5", "2", "2"]  # rate, tokens, max, running, key max
+    data = jsonlib.loads(CliRunner().invoke(inspect_cli, ["--redis", redis_url, "--json", "stats"]).output)
+    entry = next(q for q in data["queues"] if q["queue"] == Q)
+    assert entry["flow"]["running"] == 2 and entry["flow"]["types"] == {"email:send": {"rate": "1/s"}}
+    registry = CollectorRegistry()
+    registry.register(SampledCollector(lambda: {"flow": flow}))
+    text = generate_latest(registry).decode()
+    assert f'rundown_flow_throttled_fetches_total{{limit="rate",queue="{Q}"}} 1.0' in text
+    assert f'rundown_flow_running{{queue="{Q}"}} 2.0' in text
+    assert f'rundown_flow_tokens{{queue="{Q}"}} 0.0' in text

@@ -8,7 +8,14 @@ from agent.bootstrap.errors import BadResponseError
 from agent.bootstrap.register import parse_answer, register
 from agent.config import ConfigError, load_config
 from agent.config.flow import FlowLimits, parse_rate
-from agent.config.model import BootstrapConfig, Config, QueueSpec, Secret, ServerConfig, WorkerConfig
+from agent.config.model import (
+    BootstrapConfig,
+    Config,
+    QueueSpec,
+    Secret,
+    ServerConfig,
+    WorkerConfig,
+)
 from agent.runtime.app import flow_limits
 from agent.server import ServerThread, create_app, parse_queues
 from agent.server.app import registration_answer
@@ -30,9 +37,9 @@ def test_bad_rates_are_refused_with_the_expected_form(text):
 
 
 def test_burst_keeps_a_one_second_window_near_the_rate():
-    assert parse_rate("50/s").burst == 3
+    assert parse_rate("50/s").burst == 2
     assert parse_rate("1/s").burst == 2
-    assert parse_rate("10000/s").burst == 500
+    assert parse_rate("10000/s").burst == 200
 
 
 def write(tmp_path, queues: str):

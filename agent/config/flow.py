@@ -16,10 +16,10 @@ MAX_TYPES = 100
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(ms|s|m|h|d)\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 RATE_EXPECTED = 'a rate like "50/s", "1000/m", "10/h" or "5/10s"'
-#: A rate's burst: the tokens a queue idle for a while may spend at once, about 50 ms of its
+#: A rate's burst: the tokens a queue idle for a while may spend at once, about 20 ms of its
 #: rate and at least 2, so a token due while the agents were busy is not lost (a window of
-#: t seconds starts at most burst + rate x t tasks: 53 for 50/s over 1 s).
-BURST_SECONDS = 0.05
+#: t seconds starts at most burst + rate x t tasks: 52 for 50/s over 1 s).
+BURST_SECONDS = 0.02
 
 
 class FlowError(ValueError):

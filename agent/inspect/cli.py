@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.text import Text
 
 from agent.broker.errors import BrokerError, QueueNotFoundError
+from agent.broker.flow.published import read_flow
 from agent.config.values import printable
 from agent.inspect.inspector import (
     ARCHIVE_ALL_STATES,
@@ -231,6 +232,20 @@ def main() -> None:
 # -- stats and queues -------------------------------------------------------------------
 
 
+def print_flow_table(out, rows) -> None:
+    """The fleet-wide limits of the queues that have any (as their agents published them),
+    with the rate's tokens now, the tasks running (leases) and how long the head task waited."""
+    table = new_table("Queue", "Rate", "Tokens", "Max running", "Running", "Key max running", "Types",
+                      "Head wait", right=("Tokens", "Max running", "Running", "Key max running", "Head wait"))
+    for s, f in rows:
+        types = ", ".join(f"{name} {spec['rate']}" for name, spec in f.get("types", {}).items())
+        table.add_row(Text(s.queue), f.get("rate", "-"), "-" if f["tokens"] is None else str(f["tokens"]),
+                      str(f.get("max_running", "-")), str(f["running"]), str(f.get("key_max_running", "-")),
+                      Text(types or "-"), format_duration(s.latency))
+    print_table(out, table, "Flow limits (fleet-wide, enforced at dequeue by rundown agents; Go asynq "
+                            "servers ignore them)")
+
+
 @inspect_cli.command("stats")
 @json_option
 @click.pass_context
@@ -246,8 +261,11 @@ def stats_cmd(ctx: click.Context) -> None:
         except QueueNotFoundError:
             continue  # removed since SMEMBERS
     date = time.strftime("%Y-%m-%d", time.gmtime(now))
+    flow = read_flow(inspector.redis, [s.queue for s in stats])  # queues with flow limits
     if settings.json:
-        emit_json({"date": date, "queues": [s.to_dict() for s in stats]})
+        emit_json({"date": date, "queues": [
+            {**s.to_dict(), **({"flow": {**flow[s.queue], "head_wait_seconds": s.latency}}
+                               if s.queue in flow else {})} for s in stats]})
         return
     out = console()
     if not stats:
@@ -265,6 +283,8 @@ def stats_cmd(ctx: click.Context) -> None:
     for column, name in zip(table.columns[1:], counts, strict=False):
         column.footer = str(sum(getattr(s, name.lower()) for s in stats))
     print_table(out, table, f"Queues (processed and failed today: {date} UTC)")
+    if flow:
+        print_flow_table(out, [(s, flow[s.queue]) for s in stats if s.queue in flow])
 
 
 @inspect_cli.group("queue")

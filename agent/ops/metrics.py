@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from agent.broker import DequeuedTask
+from agent.ops.gpu_metrics import gpu_metrics
 from agent.runtime.processor import Observer
 from agent.supervisor.outcome import Outcome
 
@@ -174,6 +175,7 @@ class SampledCollector(Collector):
             restarts.add_metric([queue], info.get("restarts", 0))
         yield rss
         yield restarts
+        yield from gpu_metrics(data.get("executors", {}))
         leases = data.get("leases", {})
         yield CounterMetricFamily("rundown_lease_extensions", "Lease renewals written",
                                   value=leases.get("extensions", 0))
@@ -184,6 +186,29 @@ class SampledCollector(Collector):
         yield GaugeMetricFamily("rundown_handlers_running",
                                 "Handlers running now (worker.concurrency bounds it)",
                                 value=data.get("running", 0))
+        yield from _flow_metrics(data.get("flow"))
         yield GaugeMetricFamily("rundown_handler_slots",
                                 "Handlers that can run at once (min of concurrency and slots)",
                                 value=data.get("slots", 0))
+
+
+def _flow_metrics(flow) -> Iterable:
+    """The queues with flow limits: fetches a limit cut short, rate tokens, running count."""
+    throttled = CounterMetricFamily("rundown_flow_throttled_fetches",
+                                    "Dequeues of a queue that a flow limit cut short, by the limit "
+                                    "(rate, type, running, key)", labels=["queue", "limit"])
+    tokens = GaugeMetricFamily("rundown_flow_tokens", "Rate tokens a queue had at its last dequeue",
+                               labels=["queue"])
+    running = GaugeMetricFamily("rundown_flow_running",
+                                "Tasks of a queue with max_running or key limits holding a lease, "
+                                "fleet-wide, at its last dequeue", labels=["queue"])
+    if flow:
+        for (queue, reason), count in sorted(flow.throttled_by.items()):
+            throttled.add_metric([queue, reason], count)
+        for queue, state in sorted(flow.state.items()):
+            if state.tokens >= 0:
+                tokens.add_metric([queue], state.tokens)
+            running.add_metric([queue], state.running)
+    yield throttled
+    yield tokens
+    yield running

@@ -41,7 +41,10 @@ class OpsPlane:
         data = self.agent.status()
         for queue, sample in self.sampler.samples.items():
             if queue in data["queues"]:
-                data["queues"][queue].update(sample)
+                entry = data["queues"][queue]
+                entry.update(sample)
+                if "flow" in entry:  # how long the head task has waited (for a token or a slot)
+                    entry["flow"]["head_wait_seconds"] = sample.get("latency")
         return data
 
     def sample(self) -> dict:
@@ -55,6 +58,7 @@ class OpsPlane:
             "queues": self.sampler.samples,
             "executors": executors,
             "leases": {"extensions": agent.leases.extensions},
+            "flow": agent.processor.flow,
             "rss": self._process.memory_info().rss,
             "ready": agent.lifecycle.state == State.READY,
         }

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.broker import keys
-from agent.config.flow import FlowLimits
 from agent.broker.plans import LEASE_SECONDS, ScriptCall
+from agent.config.flow import FlowLimits
 
 #: Seconds before asking again a queue held by max_running or key_max_running: a slot comes
 #: back when a task ends, on any agent (our own tasks' ends ask again at once).
