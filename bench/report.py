@@ -98,6 +98,12 @@ def targets(results: dict) -> list[dict]:
         rel = abs(wc["high_weight_share_observed"] - wc["high_weight_share_expected"]) / wc["high_weight_share_expected"]
         check("weights honoured over a backlog (rel. error of high-weight share)", round(rel, 3), 0.15, "<=")
     check("one_shot tasks/s", _get(runs, "one_shot", "tasks_per_s"), 50, ">=")
+    check("dashboard: first search page over 1,000,000 tasks (worst case)",
+          _get(runs, "dashboard", "search", "worst_s"), 2.0, "<=", "s")
+    check("dashboard: bulk retry of a 10,000-task failure group", _get(runs, "dashboard", "bulk_retry", "seconds"),
+          5.0, "<=", "s")
+    check("dashboard open during a c=128 drain (rate with / without)",
+          _get(runs, "dashboard", "drain_cost", "ratio_median"), 0.95, ">=")
     return rows
 
 

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 
 from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
 from bench import agent_runs, floor, micro, peers, profiling, report  # noqa: E402
+from bench import dashboard as dashboard_bench  # noqa: E402
 from bench.agent_runs import SHORT_TASK, AgentSetup, Harness  # noqa: E402
 from bench.measure import code_identity, machine  # noqa: E402
 from bench.procs import Processes, signals_as_interrupt, uninterruptible  # noqa: E402
@@ -80,7 +81,7 @@ SIZES = {
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
-            "micro", "profile", "batching")
+            "micro", "profile", "batching", "dashboard")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -320,6 +321,10 @@ class Suite:
                                 mode="one_shot", min_rate=5)
         result["startup"] = startup
         self.runs["one_shot"] = result
+
+    def dashboard(self) -> None:
+        """Search, bulk retry and drain-cost timings of the dashboard (bench/dashboard.py)."""
+        self.runs["dashboard"] = dashboard_bench.run(self.h, self.args.mode, self._drain, ASYNC_128, ASYNC_APP)
 
     def micro(self) -> None:
         self.runs["micro"] = micro.run_micro()
