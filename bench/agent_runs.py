@@ -85,6 +85,7 @@ class AgentSetup:
     async_limit: int | None = None
     prefetch: int | None = 0
     env: dict = field(default_factory=dict)
+    one_shot_start: str | None = None  # one_shot: fork (the default) or exec
 
     @property
     def effective_async_limit(self) -> int:
@@ -102,7 +103,8 @@ class AgentSetup:
         """Every figure's row label: e.g. ``concurrency 1: 1 process x 1 thread, async_limit 1,
         prefetch 127`` (``processes auto = 16`` once a run counted the children)."""
         if self.mode == "one_shot":
-            return f"concurrency {self.concurrency}: one_shot (a process per task)"
+            how = f", by {self.one_shot_start}" if self.one_shot_start else ""
+            return f"concurrency {self.concurrency}: one_shot (a process per task{how})"
         if self.threads is None and self.prefetch is None and self.async_limit is None:
             return (f"concurrency {self.concurrency}, processes {self.processes} "
                     "(without the capacity model's keys)")
@@ -136,6 +138,8 @@ class AgentUnderTest:
                       "startup_cmd": s.startup_cmd, "venv": "none", "mode": s.mode, "env_vars": dict(s.env)}
         if s.prefetch is not None:
             worker["prefetch"] = s.prefetch
+        if s.mode == "one_shot" and s.one_shot_start:
+            deployment["one_shot_start"] = s.one_shot_start
         if s.mode != "one_shot":  # processes, threads and async_limit do not apply to one_shot
             for key in ("processes", "threads", "async_limit"):
                 if getattr(s, key) is not None:

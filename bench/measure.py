@@ -55,7 +55,8 @@ def sample_tree(pid: int) -> TreeSample:
                        p.memory_info().rss, peak_rss(pid))
     for child in p.children(recursive=True):
         with contextlib.suppress(psutil.Error), child.oneshot():
-            s.children_cpu[child.pid] = cpu_seconds(child)
+            # with what it reaped: the one_shot zygote's forks are its children, not ours
+            s.children_cpu[child.pid] = cpu_seconds(child) + reaped_children_cpu(child)
             s.children_rss[child.pid] = child.memory_info().rss
     return s
 

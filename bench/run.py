@@ -43,6 +43,8 @@ ASYNC_APP = "python noop_worker.py"
 DEFAULTS = dict(concurrency=10, processes="auto", threads=1, prefetch=0)  # the config file's defaults
 ASYNC_128 = dict(concurrency=128, processes=1, threads=1, async_limit=128, prefetch=0)
 ONE_SHOT = dict(concurrency=10, processes=None, threads=None, prefetch=0)
+ONE_SHOT_FORK = dict(ONE_SHOT, one_shot_start="fork")  # a zygote forks each task's process
+ONE_SHOT_EXEC = dict(ONE_SHOT, one_shot_start="exec")  # a fresh interpreter per task
 
 # The realistic section: handlers that take time, at 16 and 128 handlers running at once, for
 # the agent and its peers alike. Sync: 2 processes (one per core) of slots/2 threads, as
@@ -63,18 +65,18 @@ REALISTIC = {
 SIZES = {
     # CI: proves every section still runs; the figures mean little
     "smoke": dict(single=300, defaults=2_000, short=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
-                  pending=5_000, queues50=5_000, big=100, one_shot=20, startup_reps=3,
+                  pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, startup_reps=3,
                   short_reps=1, reference=2_000,
                   realistic=dict(sync_10ms_16=100, sync_10ms_128=300, async_50ms_16=50, async_50ms_128=300)),
     # a few minutes on a 2-core machine (plus the peers' virtualenv on the first run)
     "quick": dict(single=3_000, defaults=20_000, short=60_000, latency=60, idle=3.0, floor=60_000,
-                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100,
+                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000,
                   startup_reps=5, short_reps=1, reference=50_000,
                   realistic=dict(sync_10ms_16=1_500, sync_10ms_128=4_000, async_50ms_16=500,
                                  async_50ms_128=3_000)),
     # the README figures
     "full": dict(single=10_000, defaults=100_000, short=300_000, latency=200, idle=10.0, floor=300_000,
-                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500,
+                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000,
                  startup_reps=10, short_reps=3, reference=150_000,
                  realistic=dict(sync_10ms_16=3_000, sync_10ms_128=8_000, async_50ms_16=1_000,
                                 async_50ms_128=6_000)),
@@ -316,10 +318,17 @@ class Suite:
         self.runs["scale_payload"] = result
 
     def one_shot(self) -> None:
+        """one_shot by fork (the default: a zygote forks each task's process), then by exec
+        (a fresh interpreter per task) in the same minutes: the ratio is issue 20's."""
         startup = agent_runs.startup_costs(self.sizes["startup_reps"])
-        result, _ = self._drain("one-shot", self.sizes["one_shot"], ONE_SHOT, app=SYNC_APP + " --once",
-                                mode="one_shot", min_rate=5)
+        result, _ = self._drain("one-shot-fork", self.sizes["one_shot_fork"], ONE_SHOT_FORK,
+                                app=SYNC_APP + " --once", mode="one_shot", min_rate=5)
+        executed, _ = self._drain("one-shot-exec", self.sizes["one_shot"], ONE_SHOT_EXEC,
+                                  app=SYNC_APP + " --once", mode="one_shot", min_rate=5)
         result["startup"] = startup
+        result["exec"] = executed
+        if result.get("tasks_per_s") and executed.get("tasks_per_s"):
+            result["fork_over_exec"] = round(result["tasks_per_s"] / executed["tasks_per_s"], 2)
         self.runs["one_shot"] = result
 
     def dashboard(self) -> None:

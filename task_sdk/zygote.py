@@ -251,8 +251,11 @@ def _become_task(request: dict, prctl: Callable[..., int] | None,
         for fd in (old._read_fd, old._write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        _channel_module._channel = None
-    os.environ[_channel_module.FDS_VARIABLE] = f"{request_fd},{answer_fd}"
+    # this task's channel, as protocol_channel() would make it (fd 0 is /dev/null and fd 1
+    # goes to fd 2 already); its first message, ready, tells the agent it speaks here
+    for fd in (request_fd, answer_fd):  # nothing the task executes inherits them
+        os.set_inheritable(fd, False)
+    _channel_module._channel = _channel_module.ProtocolChannel(request_fd, answer_fd)
     mark = request.get("mark")
     if isinstance(mark, str) and mark:
         os.environ[CHILD_MARK_VARIABLE] = mark  # for what the task starts

@@ -91,6 +91,12 @@ async def test_each_task_is_a_fresh_fork_of_the_zygote_in_its_own_session(pools)
     assert not psutil.Process(zygote).children()  # reaped
 
 
+async def test_what_a_task_executes_inherits_only_stdio(pools):
+    pool = await pools()
+    fds = result(await pool.run(request("inherited_fds")))
+    assert set(fds) <= {0, 1, 2, 3}  # 3: the directory listing itself; no protocol pipe
+
+
 async def test_inherited_load_runs_once_in_the_zygote(pools):
     pool = await pools(one_shot_load="inherit")
     infos = [result(await pool.run(request("whoami"))) for _ in range(3)]

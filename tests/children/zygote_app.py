@@ -38,6 +38,16 @@ def whoami(payload, ctx):
             "environ_mark": _environ_mark(), "env_mark": os.environ.get("RUNDOWN_CHILD_MARK")}
 
 
+@task("inherited_fds")
+def inherited_fds(payload):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.listdir('/proc/self/fd'))"],
+                         capture_output=True, text=True, check=True, close_fds=False).stdout
+    return sorted(int(fd) for fd in eval(out))  # noqa: S307 - our own child's list of digits
+
+
 @task("hang")
 def hang(payload):
     time.sleep(3600)
