@@ -168,6 +168,7 @@ def _summary(config: Config, path: Path | None) -> str:
     """What ``-validate`` prints; every URL through :func:`agent.logs.redact_url` (credentials
     masked), no secret field at all."""
     from agent.config import capacity_summary, format_duration
+    from agent.config.placement import placement_summary
     from agent.logs import redact_url
 
     lines = [f"config OK: {path if path is not None else '(environment only)'}",
@@ -185,6 +186,7 @@ def _summary(config: Config, path: Path | None) -> str:
         queues.append(f"{q.name} (weight {q.weight}{limit})")
     order = "strict priority" if config.worker.strict_priority else "weighted"
     lines.append(f"  queues ({order}): {', '.join(queues)}")
+    lines.extend(f"  {line}" for line in placement_summary(config))
     lines.append(f"  shutdown timeout: {format_duration(config.worker.shutdown_timeout)}")
     lines.append(f"  ops: {config.ops.listen or 'off'}")
     lines.extend(f"  warning: {w}" for w in config.warnings)

@@ -143,6 +143,7 @@ class QueueRegistration:
     deployment: DeploymentSpec
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
     schedule: tuple[Any, ...] = ()  #: periodic tasks the server hands out (ScheduleEntry)
+    requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue
 
 
 @dataclass(frozen=True)

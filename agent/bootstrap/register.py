@@ -56,6 +56,7 @@ from agent.bootstrap.errors import (
     UnexpectedStatusError,
     UnknownQueueError,
 )
+from agent.bootstrap.labels import keep_labelled
 from agent.bootstrap.models import (
     MODES,
     DeploymentSpec,
@@ -66,6 +67,8 @@ from agent.bootstrap.models import (
 from agent.config.flow import FLOW_KEYS, FlowLimits, parse_flow
 from agent.config.limits import MAX_QUEUES, queue_name_problem
 from agent.config.model import Config, RedisConfig, Secret
+from agent.config.placement import parse_labels
+from agent.config.values import Invalid
 from agent.logs import redact, register_secret
 
 __all__ = [
@@ -118,7 +121,7 @@ async def register(config: Config, *, hostname: str | None = None, version: str 
             warnings: list[str] = []
             redis, queue = parse_answer(data, parent, url, warnings=warnings, local_redis=config.redis)
             answers[parent] = (redis, queue, warnings)
-    return _combine(answers, wanted)
+    return keep_labelled(_combine(answers, wanted), config)
 
 
 def register_sync(config: Config, **kwargs: Any) -> Registration:
@@ -369,7 +372,20 @@ def parse_answer(data: Mapping[str, Any], parent: str, url: str = "", *,
     sub_queues = _sub_queues(data, parent, read, warnings)
     deployment = _deployment(data, parent, read, secrets, git_token or None)
     return redis, QueueRegistration(parent=parent, sub_queues=sub_queues, deployment=deployment,
-                                    flow=_flow(data, read), schedule=_schedule(data, read))
+                                    flow=_flow(data, read), schedule=_schedule(data, read),
+                                    requires=_requires(data, read))
+
+
+def _requires(data: Mapping[str, Any], read: _Reader) -> tuple[str, ...]:
+    """``queue.requires``: the labels an agent needs to take from the queue (worker.labels)."""
+    queue = data.get("queue")
+    raw = queue.get("requires") if isinstance(queue, dict) else None
+    if raw is None:
+        return ()
+    try:
+        return parse_labels(raw, "required labels")
+    except Invalid as exc:
+        raise read.fail("queue.requires", exc.message(raw)) from None
 
 
 def _flow(data: Mapping[str, Any], read: _Reader) -> FlowLimits:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from .flow import FLOW_KEYS, parse_flow
 from .limits import MAX_CONCURRENCY, MAX_ENTRIES, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from .model import QueueSpec, Secret
+from .placement import parse_gpus, parse_labels
 from .sources import FAILED, Findings, unknown_key
 from .values import (
     QUEUE_EXPECTED,
@@ -214,7 +215,7 @@ def env_vars(value: Any, ctx: Ctx) -> dict[str, str]:
     return result
 
 
-_QUEUE_KEYS = ("name", "weight", "concurrency", *FLOW_KEYS)
+_QUEUE_KEYS = ("name", "weight", "concurrency", "requires", *FLOW_KEYS)
 
 
 def queues(value: Any, ctx: Ctx) -> tuple[QueueSpec, ...]:
@@ -270,6 +271,12 @@ def _queue_item(item: Any, where: str, ctx: Ctx) -> QueueSpec | None:
         except Invalid as exc:
             ctx.add(f"{where}.{key}", exc.message(raw))
             ok = False
+    if item.get("requires") not in (None, FAILED):
+        try:
+            fields["requires"] = parse_labels(item["requires"], "required labels")
+        except Invalid as exc:
+            ctx.add(f"{where}.requires", exc.message(item["requires"]))
+            ok = False
     before = len(ctx.findings.problems)
     flow = parse_flow({k: v for k, v in item.items() if v is not FAILED}, ctx.add, where)
     ok = ok and len(ctx.findings.problems) == before
@@ -288,3 +295,11 @@ def _queue_name(value: Any, ctx: Ctx) -> str:
             f'"{printable(name, 60)}" is not a queue name: write "{printable(base, 40)}.{printable(suffix, 20)}" '
             "for a sub-queue, or set the limit with the concurrency key"))
     return check_queue_name(name)
+
+
+def labels(value: Any, ctx: Ctx) -> tuple[str, ...]:
+    return parse_labels(value)
+
+
+def gpus(value: Any, ctx: Ctx) -> tuple[int, ...] | str:
+    return parse_gpus(value)

@@ -76,6 +76,7 @@ class QueueSpec:
     concurrency: int | None = None  #: per-queue in-flight limit; None = only the global limit
     #: fleet-wide limits (rate, max_running, key_max_running, types), enforced in Redis
     flow: FlowLimits = field(default_factory=FlowLimits)
+    requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue (worker.labels)
 
     @property
     def parent(self) -> str:
@@ -92,6 +93,7 @@ class WorkerConfig:
     shutdown_timeout: float = 8.0  #: seconds to let in-flight tasks finish on SIGTERM; 0 = requeue at once
     max_tasks_per_child: int = 0  #: recycle a child after this many tasks; 0 = never
     max_memory_per_child: int | None = None  #: recycle a child above this RSS (bytes); None = never
+    labels: tuple[str, ...] = ()  #: what this agent offers (``gpu``, ``a100``); see QueueSpec.requires
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,8 @@ class DeploymentConfig:
     async_limit: int | None = None  #: async handlers at once per child; load_config sets worker.concurrency if unset
     one_shot_memory_limit: int | None = None  #: RLIMIT_AS of each one_shot child (bytes)
     one_shot_cpu_seconds: int | None = None  #: RLIMIT_CPU of each one_shot child (seconds)
+    gpus: tuple[int, ...] | str | None = None  #: devices to place children on, or ``all`` (nvidia-smi -L)
+    processes_per_gpu: int | None = None  #: children per device with ``gpus`` (default 1)
     one_shot_start: str = "fork"  #: ``fork`` (a warm zygote forks each task's process) or ``exec``
     one_shot_load: str = "per_task"  #: with fork: ``per_task`` @load, or ``inherit`` the zygote's
     venv: str = "auto"  #: ``auto``, ``none`` or an absolute path of a virtualenv

@@ -26,6 +26,7 @@ from .model import (
     ServerConfig,
     WorkerConfig,
 )
+from .placement import MAX_PROCESSES_PER_GPU, check_requirements
 from .sources import FAILED, Findings, unknown_key
 from .values import (
     Invalid,
@@ -60,6 +61,7 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "shutdown_timeout": Field(f.duration(0)),
         "max_tasks_per_child": Field(f.integer(0)),
         "max_memory_per_child": Field(f.size),
+        "labels": Field(f.labels, env="list"),
     }),
     "bootstrap": (BootstrapConfig, {
         "retries": Field(f.integer(1)),
@@ -82,6 +84,8 @@ SECTIONS: dict[str, tuple[type, dict[str, Field]]] = {
         "max_in_flight_per_child": Field(f.integer(1, MAX_CONCURRENCY)),  # deprecated alias of async_limit
         "one_shot_memory_limit": Field(f.size),
         "one_shot_cpu_seconds": Field(f.integer(1, int(MAX_DURATION))),
+        "gpus": Field(f.gpus, env="list"),
+        "processes_per_gpu": Field(f.integer(1, MAX_PROCESSES_PER_GPU)),
         "one_shot_start": Field(f.choice("fork", "exec")),
         "one_shot_load": Field(f.choice("per_task", "inherit")),
         "venv": Field(f.venv),
@@ -169,6 +173,7 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
 
     _check_queues(raw["worker"], values["worker"], findings)
     _check_async_limit(raw["deployment"], values["deployment"], findings)
+    _check_gpus(raw["deployment"], values["deployment"], findings)
     _check_capacity(raw["deployment"], values["worker"], values["deployment"], findings)
     _check_mode(data, raw, findings)
     _check_redis(raw["redis"], values["redis"], findings)
@@ -180,6 +185,9 @@ def build_config(data: Any, findings: Findings, file_dir: Path, source: Path | N
     deployment = values["deployment"]
     deployment.setdefault("dir", file_dir / "deployment")
     deployment.setdefault("async_limit", worker.concurrency)
+    check_requirements(worker.queues, worker.labels, findings.warn, findings.add)
+    if findings.problems:
+        return None
     for spec in worker.queues:
         if spec.concurrency is not None and spec.concurrency > worker.concurrency:
             findings.warn(f"queue {spec.name}: its limit {spec.concurrency} is above "
@@ -278,6 +286,27 @@ def _check_auto(raw: dict[str, Any], concurrency: int, threads: int, async_limit
             f"(worker.concurrency {concurrency} / deployment.{key} {async_limit}), above the limit of "
             f"{MAX_PROCESSES}: raise deployment.{key} to {children_needed(concurrency, MAX_PROCESSES)} "
             f"or more, or give deployment.processes a number, or lower worker.concurrency"))
+
+
+def _check_gpus(raw: dict[str, Any], deployment: dict[str, Any], findings: Findings) -> None:
+    """GPU placement: warm children only; ``gpus: [0, 1]`` with ``processes_per_gpu: N`` makes
+    ``processes`` 2N (``all`` is counted at start); an explicit ``processes`` is spread evenly."""
+    gpus = deployment.get("gpus")
+    if gpus is None:
+        if _given(raw, "processes_per_gpu"):
+            findings.add("deployment.processes_per_gpu", "needs deployment.gpus (the devices to "
+                         "place children on, or all)")
+        return
+    if deployment.get("mode", "long_running") != "long_running":
+        findings.add("deployment.gpus", "GPU placement needs mode: long_running (warm children "
+                     "that keep their device)")
+        return
+    if _given(raw, "processes") and _given(raw, "processes_per_gpu"):
+        findings.add("deployment.processes", "give deployment.processes (spread evenly over the "
+                     "GPUs) or deployment.processes_per_gpu, not both")
+        return
+    if isinstance(gpus, tuple) and not _given(raw, "processes"):
+        deployment["processes"] = len(gpus) * deployment.get("processes_per_gpu", 1)
 
 
 def _either(options: list[str]) -> str:

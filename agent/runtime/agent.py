@@ -374,7 +374,8 @@ class Agent:
                            "in_flight": proc.per_queue.get(q, 0), "paused": q in proc.paused,
                            **({"flow": proc.flow.status(q)} if proc.flow and q in proc.flow.limits else {})}
                        for q, w in self.settings.weights.items()},
-            "executors": {name: {"healthy": ex.healthy, "children": ex.status()}
+            "executors": {name: {"healthy": ex.healthy, "children": ex.status(),
+                                 **({"gpus": ex.gpu_status()} if hasattr(ex, "gpu_status") else {})}
                           for name, ex in self.pools().items()},
             "in_flight": [{"id": t.id, "queue": t.queue,
                            "type": t.message.type if t.message else "",

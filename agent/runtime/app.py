@@ -15,6 +15,7 @@ from agent.bootstrap.models import Deployment, DeploymentSpec, RedisConnection
 from agent.config import Config
 from agent.config.flow import FlowLimits
 from agent.runtime.agent import Agent, AgentSettings, parent_queue
+from agent.runtime.placement import gpu_pool, labelled_weights
 from agent.runtime.progress import ProgressBoard
 from agent.runtime.redis_auth import RedisAuth, RedisAuthRejected
 from agent.supervisor import Capacity, ChildSpec, build_child_env, create_pool, resolve_argv
@@ -43,7 +44,7 @@ def local_plan(config: Config) -> Plan:
         url=rc.connection_url(), password=rc.password,
         tls_files={k: v for k, v in kwargs.items() if k.startswith("ssl_")})
     queues = config.worker.queues or ()
-    weights = {q.name: q.weight for q in queues} or {"default": 1}
+    weights = labelled_weights(config, {q.name: q.weight for q in queues} or {"default": 1})
     limits = {q.name: q.concurrency for q in queues if q.concurrency}
     specs = {parent: DeploymentSpec.from_config(config.deployment, parent)
              for parent in {parent_queue(q) for q in weights}}
@@ -138,7 +139,7 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
             rlimit_as_bytes=deployment.one_shot_memory_limit,
             rlimit_cpu_seconds=deployment.one_shot_cpu_seconds,
             on_progress=progress.report if progress is not None else None)
-        pools[parent] = shared[key] = create_pool(
+        pools[parent] = shared[key] = gpu_pool(config, child, spec.mode, capacity) or create_pool(
             child, mode=spec.mode, processes=spec.processes, capacity=capacity,
             target_slots=worker.concurrency, one_shot_start=deployment.one_shot_start,
             one_shot_load=deployment.one_shot_load)

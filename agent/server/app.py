@@ -273,7 +273,8 @@ async def register(request: Request) -> Response:
 def registration_answer(settings: ServerSettings, queue: QueueDef) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "redis": redis_block(settings.advertise_redis or settings.redis_url),
-        "queue": {"name": queue.name, "priority": queue.priority},
+        "queue": {"name": queue.name, "priority": queue.priority,
+                  **({"requires": list(queue.requires)} if queue.requires else {})},
         "sub_queues": [{"name": n, "priority": p} for n, p in queue.sub_queues.items()],
         **({"schedule": [e.to_dict() for e in settings.schedule]} if settings.schedule else {}),
         "deployment": dict(queue.deployment),

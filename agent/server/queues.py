@@ -26,7 +26,8 @@ from agent.config.flow import FLOW_KEYS, FlowLimits, parse_flow
 from agent.config.limits import MAX_ENTRIES, MAX_INT32, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from agent.config.model import Secret
 from agent.config.placeholders import PLACEHOLDER, expand_text
-from agent.config.values import printable
+from agent.config.placement import parse_labels
+from agent.config.values import Invalid, printable
 from agent.logs import register_secret
 from agent.server.git_source import resolve_git_url
 
@@ -87,6 +88,7 @@ class QueueDef:
     git_token: str | None = field(default=None, repr=False)
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
+    requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue (worker.labels)
 
     @property
     def priority(self) -> int:
@@ -284,9 +286,10 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         problems.append(f"{path}: must be a mapping with deployment and optional sub_queues")
         return None
     for key in raw:
-        if key not in ("priority", "sub_queues", "deployment", "task_defaults", *FLOW_KEYS):
+        if key not in ("priority", "sub_queues", "deployment", "task_defaults", "requires", *FLOW_KEYS):
             problems.append(f"{path}.{key}: unknown key (expected priority, sub_queues, deployment, "
-                            f"task_defaults, {', '.join(FLOW_KEYS)})")
+                            f"task_defaults, requires, {', '.join(FLOW_KEYS)})")
+    requires = _requires(raw.get("requires"), f"{path}.requires", problems)
     flow = parse_flow(raw, lambda where, message: problems.append(f"{where}: {message}"), path)
     priority = raw.get("priority", 1)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= MAX_WEIGHT:
@@ -299,7 +302,17 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         return None
     ordered = dict(sorted(subs.items(), key=lambda kv: (-kv[1], kv[0])))
     return QueueDef(name=name, sub_queues=ordered, deployment=deployment, secrets=secrets,
-                    git_token=token, defaults=defaults, flow=flow)
+                    git_token=token, defaults=defaults, flow=flow, requires=requires)
+
+
+def _requires(raw: Any, path: str, problems: list[str]) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    try:
+        return parse_labels(raw, "required labels")
+    except Invalid as exc:
+        problems.append(f"{path}: {exc.message(raw)}")
+        return ()
 
 
 def _sub_queues(parent: str, raw: Any, path: str, problems: list[str]) -> dict[str, int]:

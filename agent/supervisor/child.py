@@ -653,6 +653,7 @@ class Child(ChildOutput):
             "running": self.busy,
             "waiting": self.waiting,
             "rss": self.rss(),
+            **({"gpu": self.spec.gpu} if self.spec.gpu is not None else {}),
         }
 
     def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:

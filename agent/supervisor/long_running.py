@@ -143,8 +143,12 @@ class LongRunningPool(ChildPool):
         await wait_then_kill(children, timeout, hurry)
         await self.stop(0.5)
 
+    def _child_spec(self) -> ChildSpec:
+        """The spec of the next child (GpuPool gives each its device)."""
+        return self.spec
+
     async def _spawn(self) -> Child:
-        child = Child(self.spec, on_exit=self._child_exited, on_free=self._child_free,
+        child = Child(self._child_spec(), on_exit=self._child_exited, on_free=self._child_free,
                       capacity=self.capacity, suspects=self.suspects)
         self._children.add(child)
         try:
