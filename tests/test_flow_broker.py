@@ -189,3 +189,65 @@ async def test_inspect_stats_and_metrics_show_limits_tokens_and_running(broker, 
     assert f'rundown_flow_throttled_fetches_total{{limit="rate",queue="{Q}"}} 1.0' in text
     assert f'rundown_flow_running{{queue="{Q}"}} 2.0' in text
     assert f'rundown_flow_tokens{{queue="{Q}"}} 0.0' in text
+
+
+def calls(r, command: str) -> int:
+    """How many times Redis ran ``command`` (scripts' calls included): work, not wall time."""
+    return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_big_backlog_is_indexed_oldest_first_in_bounded_steps(broker, r):
+    limit(broker, key_max_running=1000)
+    await enqueue(broker, 12_000, key="A", prefix="A")
+    r.config_resetstat()
+    seen: list[str] = []
+    for _ in range(3):
+        tasks, _ = await broker.dequeue(Q, count=100)
+        seen += [t.id for t in tasks]
+    assert seen == [f"A{i}" for i in range(300)]  # FIFO within a key, across index steps
+    # each call indexes at most 5,000 and looks at the prefix near its boundary only: no
+    # call rescans the 12,000-long unindexed prefix
+    assert calls(r, "hget") <= 3 * (5000 + 100)
+    assert calls(r, "sismember") <= 3 * 1100
+
+
+async def test_ids_taken_by_another_consumer_do_not_hide_new_ones(broker, r):
+    limit(broker, key_max_running=1000)
+    await enqueue(broker, 50, key="A", prefix="A")
+    assert len((await broker.dequeue(Q, count=1))[0]) == 1  # indexes all 50
+    for _ in range(40):  # a Go server takes 40 (they stay in the index: SCARD overcounts)
+        r.rpoplpush(keys.pending(Q), keys.active(Q))
+    await enqueue(broker, 30, key="B", prefix="B")
+    got: list[str] = []
+    for _ in range(10):
+        tasks, _ = await broker.dequeue(Q, count=100)
+        got += [t.id for t in tasks]
+    assert sorted(got) == sorted([f"A{i}" for i in range(41, 50)] + [f"B{i}" for i in range(30)])
+    assert r.llen(keys.pending(Q)) == 0
+
+
+async def test_a_task_archived_and_run_again_is_dequeued_once(broker, r):
+    limit(broker, key_max_running=1000)
+    await enqueue(broker, 3, key="A", prefix="A")
+    assert (await broker.dequeue(Q, count=1))[0][0].id == "A0"  # A1, A2 indexed
+    r.lrem(keys.pending(Q), 0, "A1")  # an inspector archives A1 ...
+    r.lpush(keys.pending(Q), "A1")  # ... and runs it again
+    await enqueue(broker, 1, key="A", prefix="N")
+    got: list[str] = []
+    for _ in range(4):
+        got += [t.id for t in (await broker.dequeue(Q, count=10))[0]]
+    assert sorted(got) == ["A1", "A2", "N0"]
+    assert r.llen(keys.pending(Q)) == 0 and r.llen(keys.active(Q)) == 4
+
+
+async def test_requeued_ids_on_the_right_and_new_ones_on_the_left(broker, r):
+    limit(broker, key_max_running=1000)
+    await enqueue(broker, 5, key="A", prefix="A")
+    tasks, _ = await broker.dequeue(Q, count=2)
+    for t in tasks:
+        await broker.requeue(t)  # back on the right end: unindexed
+    await enqueue(broker, 2, key="A", prefix="N")  # new on the left end
+    got: list[str] = []
+    for _ in range(3):
+        got += [t.id for t in (await broker.dequeue(Q, count=10))[0]]
+    assert sorted(got) == ["A0", "A1", "A2", "A3", "A4", "N0", "N1"]

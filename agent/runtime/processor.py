@@ -392,9 +392,10 @@ class Processor:
             recorded += entry.recording
         self._recording -= recorded
         self.leases.remove_many(tasks)
-        if self.flow is not None:
+        flow = self.flow
+        if flow is not None and flow.slot_blocked:  # a queue held by its running tasks
             for task in tasks:
-                self.flow.slot_freed(task.queue)
+                flow.slot_freed(task.queue)
         if not in_flight:
             self._all_done.set()
         self._slot_freed.set()

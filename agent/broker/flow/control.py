@@ -43,6 +43,7 @@ class FlowControl:
         self.limits = {q: lim for q, lim in limits.items() if lim}
         self.state: dict[str, Throttle] = {q: Throttle() for q in self.limits}
         self.blocked: dict[str, float] = {}  #: queue -> monotonic time it may be asked again
+        self.slot_blocked: set[str] = set()  #: blocked queues a task's end may free (running, key)
         self.throttled_by: dict[tuple[str, str], int] = {}  #: (queue, reason) -> fetches cut short
 
     def __bool__(self) -> bool:
@@ -77,10 +78,15 @@ class FlowControl:
             delay = FLOW_POLL if wait_ms < 0 else wait_ms / 1000
             state.until = time.monotonic() + delay
             self.blocked[queue] = state.until
+            if wait_ms < 0:
+                self.slot_blocked.add(queue)
+            else:
+                self.slot_blocked.discard(queue)
         else:
             state.reason = ""
             state.until = 0.0
             self.blocked.pop(queue, None)
+            self.slot_blocked.discard(queue)
         return reply[4:]
 
     def is_blocked(self, queue: str, now: float) -> bool:
@@ -89,6 +95,7 @@ class FlowControl:
             return False
         if now >= until:
             del self.blocked[queue]
+            self.slot_blocked.discard(queue)
             return False
         return True
 
@@ -98,10 +105,10 @@ class FlowControl:
 
     def slot_freed(self, queue: str) -> None:
         """One of our tasks of ``queue`` ended: a slot it held is free, ask again now."""
-        state = self.state.get(queue)
-        if state is not None and state.reason in ("running", "key"):
+        if queue in self.slot_blocked:
+            self.slot_blocked.discard(queue)
             self.blocked.pop(queue, None)
-            state.until = 0.0
+            self.state[queue].until = 0.0
 
     def status(self, queue: str) -> dict | None:
         """The queue's limits and last seen state, for /status; None without limits."""

@@ -196,45 +196,72 @@ else
         redis.call("SADD", indexed, id)
     end
 
-    -- New IDs are at the ends of pending (producers and the forwarder push on the left,
-    -- requeue and recovery on the right), up to the first indexed one. Index the innermost
-    -- (oldest) first, at most 5,000 a call: those left over stay at the end, for the next call.
+    -- New IDs are at the ends of pending: producers and the forwarder push on the left,
+    -- requeue and recovery on the right; the indexed ones lie between. Each call indexes at
+    -- most 5,000, the innermost (oldest) first, so what is left stays at the ends.
     local budget = 5000
-    local function index_end(from_left)
-        local found = {}
-        local pos = 0
-        while true do
-            local chunk
-            if from_left then
-                chunk = redis.call("LRANGE", KEYS[1], pos, pos + 499)
-            else
-                chunk = redis.call("LRANGE", KEYS[1], -pos - 500, -pos - 1)
-            end
-            local stop = false
-            local first, last, step = 1, #chunk, 1
-            if not from_left then first, last, step = #chunk, 1, -1 end
-            for j = first, last, step do
-                if redis.call("SISMEMBER", indexed, chunk[j]) == 1 then
-                    stop = true
-                    break
-                end
-                found[#found + 1] = chunk[j]
-            end
-            if stop or #chunk < 500 then break end
-            pos = pos + 500
-        end
-        local stop = #found - budget + 1
-        if stop < 1 then stop = 1 end
-        for j = #found, stop, -1 do
-            index(found[j])
-        end
-        budget = budget - (#found - stop + 1)
+    local function is_indexed(id)
+        return redis.call("SISMEMBER", indexed, id) == 1
     end
-    -- the left end first: when nothing is indexed yet, that indexes the oldest first
-    local head = redis.call("LINDEX", KEYS[1], 0)
-    if head and redis.call("SISMEMBER", indexed, head) == 0 then index_end(true) end
+    -- the right end: a few requeued or recovered IDs (looked for within 1,000 of the end)
     local tail = redis.call("LINDEX", KEYS[1], -1)
-    if tail and budget > 0 and redis.call("SISMEMBER", indexed, tail) == 0 then index_end(false) end
+    if tail and not is_indexed(tail) and redis.call("SCARD", indexed) > 0 then
+        local found, bounded = {}, false
+        local chunk = redis.call("LRANGE", KEYS[1], -1000, -1)
+        for j = #chunk, 1, -1 do
+            if is_indexed(chunk[j]) then
+                bounded = true
+                break
+            end
+            found[#found + 1] = chunk[j]
+        end
+        if bounded then
+            for j = #found, 1, -1 do index(found[j]) end
+            budget = budget - #found
+        end
+    end
+    -- the left end: the unindexed prefix ends where the indexed IDs begin, about
+    -- LLEN - SCARD(indexed) from the left (SCARD can only overcount: IDs another consumer
+    -- took), so its innermost element is found without scanning the prefix
+    local head = redis.call("LINDEX", KEYS[1], 0)
+    if head and budget > 0 and not is_indexed(head) then
+        local len = redis.call("LLEN", KEYS[1])
+        local pos = len - redis.call("SCARD", indexed) - 1
+        if pos < 0 then pos = 0 end
+        local inner = pos
+        local at = redis.call("LINDEX", KEYS[1], pos)
+        if at and is_indexed(at) then
+            -- past the boundary (unindexed IDs on the right end): walk left to the prefix
+            while pos > 0 do
+                local lo = math.max(0, pos - 500)
+                local chunk = redis.call("LRANGE", KEYS[1], lo, pos - 1)
+                local hit = nil
+                for j = #chunk, 1, -1 do
+                    if not is_indexed(chunk[j]) then hit = lo + j - 1 break end
+                end
+                if hit then inner = hit break end
+                pos = lo
+                inner = -1
+            end
+        else
+            -- in the prefix: walk right to its last element
+            while true do
+                local chunk = redis.call("LRANGE", KEYS[1], inner + 1, inner + 500)
+                local stop = false
+                for j = 1, #chunk do
+                    if is_indexed(chunk[j]) then stop = true break end
+                    inner = inner + 1
+                end
+                if stop or #chunk < 500 then break end
+            end
+        end
+        if inner >= 0 then
+            local lo = math.max(0, inner - budget + 1)
+            local ids = redis.call("LRANGE", KEYS[1], lo, inner)
+            for j = #ids, 1, -1 do index(ids[j]) end
+            budget = budget - #ids
+        end
+    end
 
     -- running tasks of a key: a sorted set of IDs, each counted while it holds a lease
     local function key_running(key)
