@@ -295,13 +295,17 @@ def watch_processed(r: redis.Redis, queues: list[str], n: int, *, timeout: float
 def drain(h: Harness, name: str, *, n: int, setup: AgentSetup, task_type: str = "noop",
           kind: str = SMALL, enqueue_procs: int = 1, min_rate: float = 500.0,
           snapshot_at: float | None = None, keep_agent: bool = False,
-          on_running=None) -> tuple[dict, AgentUnderTest | None]:
-    """Enqueue n tasks over ``setup.queues`` (round robin), then let one agent drain them."""
+          on_running=None, enqueue=None) -> tuple[dict, AgentUnderTest | None]:
+    """Enqueue n tasks over ``setup.queues`` (round robin; ``enqueue(url, n, queues, type)``
+    instead of our client when given), then let one agent drain them."""
     r = h.redis()
     r.flushall()
     queues = [q for q, _ in setup.queues]
     _pause(r, queues, True)
-    enqueue_s = enqueue_parallel(h.redis_url, n, queues, task_type, kind, procs=enqueue_procs)
+    if enqueue is not None:
+        enqueue_s = enqueue(h.redis_url, n, queues, task_type)
+    else:
+        enqueue_s = enqueue_parallel(h.redis_url, n, queues, task_type, kind, procs=enqueue_procs)
     agent = AgentUnderTest(h, setup, name).start()
     keep = False
     try:

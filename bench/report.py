@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import report_perf
+
 
 def _get(results: dict, *path, default=None):
     node = results
@@ -100,6 +102,7 @@ def targets(results: dict) -> list[dict]:
     check("one_shot tasks/s (fork; issue 20: >= 10x the ~61 of exec)", _get(runs, "one_shot", "tasks_per_s"),
           600, ">=")
     check("one_shot fork / exec, same run", _get(runs, "one_shot", "fork_over_exec"), 10, ">=")
+    report_perf.targets(runs, check)
     check("dashboard: first search page over 1,000,000 tasks (worst case)",
           _get(runs, "dashboard", "search", "worst_s"), 2.0, "<=", "s")
     check("dashboard: bulk retry of a 10,000-task failure group", _get(runs, "dashboard", "bulk_retry", "seconds"),
@@ -219,8 +222,17 @@ def print_report(results: dict, console: Console | None = None) -> None:
     if wc:
         extras.append(f"50 queues: high-weight half did {wc['high_weight_share_observed']:.1%} of the first "
                       f"{wc['at_processed']:,} tasks (weights ask {wc['high_weight_share_expected']:.1%})")
+    extras += report_perf.lines(runs)
     for line in extras:
         console.print("  " + line)
+    fleet = report_perf.fleet_rows(runs)
+    if fleet:
+        t = Table(title=f"Fleet on one Redis ({runs['fleet'].get('description', '')})")
+        for col in report_perf.FLEET_COLUMNS:
+            t.add_column(col, justify="right")
+        for row in fleet:
+            t.add_row(*row)
+        console.print(t)
 
     t = Table(title="Targets (issue 7)")
     for col in ("target", "measured", "limit", ""):
@@ -381,6 +393,7 @@ def markdown(results: dict) -> str:
         out.append(f"Weights over a backlog: the higher-weight half of the 50 queues did "
                    f"{wc['high_weight_share_observed']:.1%} of the first {wc['at_processed']:,} tasks "
                    f"(the weights ask {wc['high_weight_share_expected']:.1%}).")
+    out += report_perf.markdown(runs)
     out += ["", "| target (issue 7) | measured | limit | |", "| --- | ---: | --- | --- |"]
     for row in results.get("targets", []):
         mark = "-" if row["ok"] is None else ("met" if row["ok"] else "**missed**")

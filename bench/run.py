@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
-from bench import agent_runs, floor, micro, peers, profiling, report  # noqa: E402
+from bench import agent_runs, floor, go_producer, micro, peers, profiling, report  # noqa: E402
 from bench import dashboard as dashboard_bench  # noqa: E402
 from bench.agent_runs import SHORT_TASK, AgentSetup, Harness  # noqa: E402
 from bench.measure import code_identity, machine  # noqa: E402
@@ -65,24 +65,24 @@ REALISTIC = {
 SIZES = {
     # CI: proves every section still runs; the figures mean little
     "smoke": dict(single=300, defaults=2_000, short=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
-                  pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, startup_reps=3,
+                  pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, go=2_000, go_pairs=1, startup_reps=3,
                   short_reps=1, reference=2_000,
                   realistic=dict(sync_10ms_16=100, sync_10ms_128=300, async_50ms_16=50, async_50ms_128=300)),
     # a few minutes on a 2-core machine (plus the peers' virtualenv on the first run)
     "quick": dict(single=3_000, defaults=20_000, short=60_000, latency=60, idle=3.0, floor=60_000,
-                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000,
+                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000, go=30_000, go_pairs=2,
                   startup_reps=5, short_reps=1, reference=50_000,
                   realistic=dict(sync_10ms_16=1_500, sync_10ms_128=4_000, async_50ms_16=500,
                                  async_50ms_128=3_000)),
     # the README figures
     "full": dict(single=10_000, defaults=100_000, short=300_000, latency=200, idle=10.0, floor=300_000,
-                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000,
+                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000, go=100_000, go_pairs=3,
                  startup_reps=10, short_reps=3, reference=150_000,
                  realistic=dict(sync_10ms_16=3_000, sync_10ms_128=8_000, async_50ms_16=1_000,
                                 async_50ms_128=6_000)),
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
-            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot",
+            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer",
             "micro", "profile", "batching", "dashboard")
 
 
@@ -335,6 +335,28 @@ class Suite:
         """Search, bulk retry and drain-cost timings of the dashboard (bench/dashboard.py)."""
         self.runs["dashboard"] = dashboard_bench.run(self.h, self.args.mode, self._drain, ASYNC_128, ASYNC_APP)
 
+    def go_producer(self) -> None:
+        """The same no-op tasks written by a Go-default producer (bench/go_producer.py) and by
+        our client, drained in turns by one agent each (short-task configuration): the ratio
+        of each pair, and its median (issue 20: within 10 %)."""
+        n, pairs = self.sizes["go"], self.sizes["go_pairs"]
+        drains: dict[str, list[dict]] = {"ours": [], "go": []}
+        for i in range(pairs):  # ours, go, go, ours, ...: neither side always runs first
+            for who in (("ours", "go") if i % 2 == 0 else ("go", "ours")):
+                enqueue = go_producer.enqueue_go if who == "go" else None
+                result, _ = self._drain(f"producer-{who}", n, enqueue=enqueue)
+                drains[who].append(result)
+        ratios = sorted(g["tasks_per_s"] / o["tasks_per_s"] for g, o in zip(drains["go"], drains["ours"], strict=True)
+                        if g.get("tasks_per_s") and o.get("tasks_per_s"))
+        self.runs["go_producer"] = {
+            "n": n, "pairs": pairs, "config": drains["ours"][0]["config"],
+            "message": go_producer.message_check(),
+            "ours": [_drain_summary(r) for r in drains["ours"]],
+            "go": [_drain_summary(r) for r in drains["go"]],
+            "go_over_ours": [round(r, 3) for r in ratios],
+            "median_go_over_ours": round(ratios[len(ratios) // 2], 3) if ratios else None,
+        }
+
     def micro(self) -> None:
         self.runs["micro"] = micro.run_micro()
 
@@ -398,6 +420,12 @@ class Suite:
             for who, counter in counters.items():
                 out[who] = counter.finish(n)
         self.runs["profile"] = out
+
+
+def _drain_summary(result: dict) -> dict:
+    keys = ("tasks_per_s", "agent_cpu_us_per_task", "children_cpu_us_per_task", "redis_cpu_us_per_task",
+            "other_processes_cpu_util")
+    return {k: result.get(k) for k in keys}
 
 
 def main(argv: list[str] | None = None) -> int:
