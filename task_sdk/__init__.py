@@ -31,6 +31,7 @@ exception instance in the list fails that task alone). The wire protocol is in d
 
 from __future__ import annotations
 
+from .aggregating import aggregate
 from .batching import ItemError
 from .channel import under_agent
 from .context import TaskContext, current_task
@@ -45,6 +46,7 @@ __all__ = [
     "RetryAfter",
     "SkipRetry",
     "TaskContext",
+    "aggregate",
     "current_task",
     "load",
     "run",

@@ -156,7 +156,12 @@ def loader() -> Callable[[], Any] | None:
 
 def find_handler(task_type: str) -> Handler | None:
     """The handler for ``task_type``: its own, else the default, else ``None``."""
-    return _handlers.get(task_type) or _handlers.get(DEFAULT)
+    found = _handlers.get(task_type)
+    if found is None and task_type == "rundown:aggregate":  # the agent's group aggregation
+        from .aggregating import handler
+
+        found = handler()
+    return found or _handlers.get(DEFAULT)
 
 
 def clear() -> None:

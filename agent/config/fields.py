@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .aggregation import parse_aggregation
 from .flow import FLOW_KEYS, parse_flow
 from .limits import MAX_CONCURRENCY, MAX_ENTRIES, MAX_QUEUES, MAX_WEIGHT, env_value_problem
 from .model import QueueSpec, Secret
@@ -215,7 +216,7 @@ def env_vars(value: Any, ctx: Ctx) -> dict[str, str]:
     return result
 
 
-_QUEUE_KEYS = ("name", "weight", "concurrency", "requires", *FLOW_KEYS)
+_QUEUE_KEYS = ("name", "weight", "concurrency", "requires", "aggregation", *FLOW_KEYS)
 
 
 def queues(value: Any, ctx: Ctx) -> tuple[QueueSpec, ...]:
@@ -277,6 +278,9 @@ def _queue_item(item: Any, where: str, ctx: Ctx) -> QueueSpec | None:
         except Invalid as exc:
             ctx.add(f"{where}.requires", exc.message(item["requires"]))
             ok = False
+    if item.get("aggregation") not in (None, FAILED):
+        fields["aggregation"] = parse_aggregation(item["aggregation"], ctx.add, where)
+        ok = ok and fields["aggregation"] is not None
     before = len(ctx.findings.problems)
     flow = parse_flow({k: v for k, v in item.items() if v is not FAILED}, ctx.add, where)
     ok = ok and len(ctx.findings.problems) == before

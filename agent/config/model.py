@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from agent.logs import redact_url
 
+from .aggregation import Aggregation
 from .flow import FlowLimits
 from .values import split_host_port
 
@@ -77,6 +78,7 @@ class QueueSpec:
     #: fleet-wide limits (rate, max_running, key_max_running, types), enforced in Redis
     flow: FlowLimits = field(default_factory=FlowLimits)
     requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue (worker.labels)
+    aggregation: Aggregation | None = None  #: asynq group aggregation by the agent (config/aggregation.py)
 
     @property
     def parent(self) -> str:

@@ -173,6 +173,9 @@ async def serve(config: Config) -> int:
     agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan),
                   progress=progress)
     add_background_loops(agent, config, plan)
+    from agent.runtime.aggregator import add_aggregator
+
+    add_aggregator(agent, config, pools)  # asynq group aggregation, for queues configured for it
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()
