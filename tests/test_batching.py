@@ -224,3 +224,35 @@ def test_agent_runs_32_tasks_as_one_batch_and_charges_only_the_failing_and_the_c
             assert agent.get("/readyz").status_code == 200
         finally:
             agent.stop()
+
+
+def test_the_inference_example_serves_batches_from_a_model_loaded_once(tmp_path, redis_url):
+    from agent.client import Client
+    from tests.agentproc import AgentProcess, local_config, wait_until
+
+    example = Path(__file__).parent.parent / "agent" / "examples" / "tasks"
+    with Client(redis_url) as client:
+        texts = [f"the quick brown fox {i % 8}" for i in range(64)]
+        infos = [client.enqueue("embed", {"text": t}, queue="inference", retention=600) for t in texts]
+        bad = client.enqueue("embed", {"txt": "typo"}, queue="inference", retention=600)
+        config, port = local_config(tmp_path, redis_url, ["inference"], concurrency=2, processes=2,
+                                    startup_cmd="python inference.py", app_dir=example)
+        agent = AgentProcess(config, port, tmp_path / "agent.log").start()
+        try:
+            def finished():
+                found = [client.get_task("inference", i.id) for i in [*infos, bad]]
+                return found if all(f.state in ("completed", "archived") for f in found) else None
+
+            found = wait_until(finished, 30, what="65 embed tasks done")
+        finally:
+            agent.stop()
+    *good, rejected = found
+    assert rejected.state == "archived" and rejected.last_error == 'payload needs a non-empty "text"'
+    results = [f.result_json() for f in good]
+    assert all(len(r["vector"]) == 16 for r in results)
+    assert all(abs(sum(v * v for v in r["vector"]) - 1) < 1e-3 for r in results)
+    by_text: dict[str, set] = {}
+    for text, result in zip(texts, results, strict=True):
+        by_text.setdefault(text, set()).add(tuple(result["vector"]))
+    assert all(len(vectors) == 1 for vectors in by_text.values())  # same model in every child
+    assert max(r["batch"] for r in results) > 1  # served in batches
