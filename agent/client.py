@@ -21,6 +21,9 @@ from agent.broker import keys, plans
 from agent.broker.errors import DuplicateTaskError, TaskIDConflictError, TaskNotFoundError
 from agent.broker.options import EnqueueOptions
 from agent.broker.taskinfo import FINAL_STATES, TaskInfo, task_info_from_hash
+from agent.workflows.graph import Sig, sig
+
+__all__ = ["AsyncClient", "Client", "Sig", "encode_payload", "sig"]
 
 
 def encode_payload(payload: Any) -> bytes | None:
@@ -73,7 +76,15 @@ class Client:
             self.redis.sadd(keys.ALL_QUEUES, queue)
             self._queues.add(queue)
 
-    def enqueue(self, task_type: str, payload: Any = None, **options: Any) -> TaskInfo:
+    def enqueue(self, task_type: str, payload: Any = None, *, depends_on: list[Any] | None = None,
+                **options: Any) -> TaskInfo:
+        """Enqueue a task; with ``depends_on`` (task IDs, (queue, id) pairs or TaskInfo) it is
+        enqueued once each of them completed (state ``waiting`` until then)."""
+        if depends_on is not None:
+            from agent.workflows import client as wf
+            from agent.workflows.engine import run_sync
+
+            return run_sync(wf.enqueue_after(self._workflows(), task_type, payload, depends_on, options))
         plan = _plan(task_type, payload, options)
         self._register(plan.result.queue)
         call = plan.call
@@ -95,6 +106,45 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - reported per item
                 out.append(exc)
         return out
+
+    def _workflow_step_waits(self, task_id: str) -> bool:
+        """A workflow step (``depends_on`` included) not enqueued yet: waiting, or ready."""
+        from agent.workflows import keys as wk
+
+        wid, _, node = task_id.rpartition(":")
+        if not wid or not node.isdigit():
+            return False
+        state = self.redis.hget(wk.workflow_keys(wid)[2], node)
+        return state in (b"waiting", b"ready")
+
+    def _workflows(self):
+        from agent.workflows.engine import WorkflowEngine
+
+        if getattr(self, "_engine", None) is None:
+            self._engine = WorkflowEngine(self.redis, self._scripts)
+        return self._engine
+
+    def chain(self, steps: list[Any], *, workflow_id: str | None = None):
+        """Run ``steps`` (``sig(...)``, or nested groups) one after another, each receiving the
+        previous result; returns a ``WorkflowInfo`` (its ID and each step's task ID)."""
+        from agent.workflows import client as wf
+        from agent.workflows.engine import run_sync
+
+        return run_sync(wf.create(self._workflows(), wf.chain_shape(steps), workflow_id))
+
+    def group(self, members: list[Any], *, then: Sig | None = None, workflow_id: str | None = None):
+        """Run ``members`` at once; ``then`` runs once after all of them, with their results
+        in order (``payload["results"]``)."""
+        from agent.workflows import client as wf
+        from agent.workflows.engine import run_sync
+
+        return run_sync(wf.create(self._workflows(), wf.group_shape(members, then), workflow_id))
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        """The workflow and each step's state (as ``GET /workflows/{id}`` shows it), or None."""
+        from agent.workflows.engine import run_sync
+
+        return run_sync(self._workflows().show(workflow_id))
 
     def get_task(self, queue: str, task_id: str) -> TaskInfo:
         """The task's current state; ``TaskNotFoundError`` if it does not exist (or was
@@ -125,7 +175,9 @@ class Client:
             except TaskNotFoundError:
                 if seen:
                     return TaskInfo(id=task_id, queue=queue, state="deleted")
-                raise
+                if not self._workflow_step_waits(task_id):
+                    raise
+                info = TaskInfo(id=task_id, queue=queue, state="waiting")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task_id!r} in queue {queue!r} still {info.state} after {timeout}s")
             time.sleep(poll)
@@ -149,7 +201,12 @@ class AsyncClient:
     async def close(self) -> None:
         await self.broker.close()
 
-    async def enqueue(self, task_type: str, payload: Any = None, **options: Any) -> TaskInfo:
+    async def enqueue(self, task_type: str, payload: Any = None, *, depends_on: list[Any] | None = None,
+                      **options: Any) -> TaskInfo:
+        if depends_on is not None:
+            from agent.workflows import client as wf
+
+            return await wf.enqueue_after(self._workflows(), task_type, payload, depends_on, options)
         plan = _plan(task_type, payload, options)
         await self.broker.register_queues([plan.result.queue])
         code = await self.broker._run(plan.call)
@@ -157,3 +214,23 @@ class AsyncClient:
 
     async def get_task(self, queue: str, task_id: str) -> TaskInfo:
         return await self.broker.get_task(queue, task_id)
+
+    def _workflows(self):
+        from agent.workflows.engine import WorkflowEngine
+
+        if getattr(self, "_engine", None) is None:
+            self._engine = WorkflowEngine(self.broker.redis)
+        return self._engine
+
+    async def chain(self, steps: list[Any], *, workflow_id: str | None = None):
+        from agent.workflows import client as wf
+
+        return await wf.create(self._workflows(), wf.chain_shape(steps), workflow_id)
+
+    async def group(self, members: list[Any], *, then: Sig | None = None, workflow_id: str | None = None):
+        from agent.workflows import client as wf
+
+        return await wf.create(self._workflows(), wf.group_shape(members, then), workflow_id)
+
+    async def get_workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        return await self._workflows().show(workflow_id)

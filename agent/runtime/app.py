@@ -149,7 +149,9 @@ def build_pools(config: Config, plan: Plan, deployments: dict[str, Deployment],
 def add_background_loops(agent: Agent, config: Config, plan: Plan) -> None:
     """The scheduler of periodic tasks and the workflow recovery loop, beside the agent's own."""
     from agent.scheduler import Scheduler
+    from agent.workflows.recovery import WorkflowRecovery
 
+    agent.loops.append(WorkflowRecovery(agent.redis))
     entries = {e.id: e for e in [*config.schedule, *plan.schedule]}  # the same entry once
     if entries:
         agent.loops.append(Scheduler(agent.redis, list(entries.values())))
@@ -170,9 +172,13 @@ async def serve(config: Config) -> int:
     from agent.ops.service import OpsPlane
 
     metrics = Metrics()
-    agent = Agent(settings, pools, observer=metrics, capacity=capacity, auth=redis_auth(config, plan),
+    from agent.workflows.hook import WorkflowObserver
+
+    observer = WorkflowObserver(metrics)  # moves a workflow on once its step's outcome is written
+    agent = Agent(settings, pools, observer=observer, capacity=capacity, auth=redis_auth(config, plan),
                   progress=progress)
     add_background_loops(agent, config, plan)
+    observer.attach(agent.redis)
     from agent.runtime.aggregator import add_aggregator
 
     add_aggregator(agent, config, pools)  # asynq group aggregation, for queues configured for it
