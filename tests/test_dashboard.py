@@ -143,10 +143,10 @@ def _seed_mix(r) -> dict[str, list[str]]:
     return made
 
 
-def _all_pages(client, query, size=37, budget=search.DEFAULT_BUDGET):
+def _all_pages(client, query, size=37, budget=search.DEFAULT_BUDGET, time_budget=60.0):
     seen, cursor, pages = [], None, 0
     while True:
-        page = run(_search(client, query, cursor, size, budget))
+        page = run(_search(client, query, cursor, size, budget, time_budget))
         seen += [(t.queue, t.id) for t in page.tasks]
         pages += 1
         if page.next_cursor is None:
@@ -154,10 +154,10 @@ def _all_pages(client, query, size=37, budget=search.DEFAULT_BUDGET):
         cursor = page.next_cursor
 
 
-async def _search(url, query, cursor, size, budget):
+async def _search(url, query, cursor, size, budget, time_budget=60.0):
     client = aioredis.Redis.from_url(url)
     try:
-        return await search.search(client, query, cursor, size=size, budget=budget)
+        return await search.search(client, query, cursor, size=size, budget=budget, time_budget=time_budget)
     finally:
         await client.aclose()
 
@@ -184,6 +184,9 @@ def test_search_filters_and_pages_neither_repeat_nor_miss(redis_url, r):
         assert len(found) == len(set(found)) == expected, query
     found, _ = _all_pages(redis_url, search.SearchQuery(queues=queues, error="disk full"), size=5, budget=100)
     assert len(found) == len(set(found)) == 12  # a tiny budget: many short pages, same answer
+    found, pages = _all_pages(redis_url, search.SearchQuery(queues=queues, type="a"), size=500, time_budget=0)
+    assert len(found) == len(set(found)) == 1250 and pages >= 3  # no time: a chunk per page
+    assert search.search_states(search.SearchQuery(queues=queues, error="x"))[:2] == ["retry", "archived"]
     first = run(_search(redis_url, search.SearchQuery(queues=queues, error="nothing like it"), None, 50, 1000))
     assert first.budget_spent and first.tasks == [] and first.next_cursor
     assert 1000 <= first.examined < 1000 + search.CHUNK

@@ -1,12 +1,13 @@
 """Task search over asynq keys, served by the server, paginated by a cursor.
 
 A search walks the containers of the chosen queues and states in a fixed order (for each
-queue: active, pending, scheduled, retry, archived, completed), a chunk of entries per Lua
-call (``lua/scan.lua``), which filters by ID prefix, type and error text inside Redis, so
-only candidate messages travel and are decoded. A page ends when it holds ``size`` tasks or
-when the request has examined ``budget`` entries: then it says how far it got, and its
-cursor continues from there. So the first page of a million tasks costs one chunk when the
-filters match often, and a bounded time when they match rarely.
+queue: active, pending, scheduled, retry, archived, completed; retry and archived first when
+it looks for an error text), a chunk of entries per Lua call (``lua/scan.lua``), which filters
+by ID prefix, type and error text inside Redis, so only candidate messages travel and are
+decoded. A page ends when it holds ``size`` tasks or when the request has spent its budget (1 s
+of scanning, or ``budget`` entries): then it says how far it got, and its cursor continues
+from there. So the first page of a million tasks costs one chunk when the filters match
+often, and a bounded time when they match rarely.
 
 A cursor is ``<queue index>.<state index>.<position>``; list positions shift while a queue
 moves (a new task pushed at the head), so a page of a busy pending list may repeat or skip
@@ -32,7 +33,9 @@ SEARCH_STATES = ("active", "pending", "scheduled", "retry", "archived", "complet
 ORDER = {"active": "list", "pending": "list", "scheduled": "asc", "retry": "asc",
          "archived": "desc", "completed": "desc"}
 CHUNK = 2000  #: entries one Lua call examines (about 2-5 ms of Redis time)
-DEFAULT_BUDGET = 400_000  #: entries one page may examine before it answers with what it has
+DEFAULT_BUDGET = 2_000_000  #: entries one page may examine before it answers with what it has
+TIME_BUDGET = 1.0  #: seconds of scanning one page may take before it answers with what it has
+FAILED_FIRST = ("retry", "archived")  #: an error-text search looks where errors are first
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -132,9 +135,21 @@ def task_time(task: TaskDetails) -> float | None:
     return None
 
 
+def search_states(query: SearchQuery) -> list[str]:
+    """The states a query walks, in order: failed ones first when it looks for an error
+    text; no active tasks with a time range (they have no time)."""
+    ranged = query.since is not None or query.until is not None
+    states = [s for s in query.states if not (ranged and s == "active")]
+    if query.error:
+        states = [s for s in FAILED_FIRST if s in states] + [s for s in states if s not in FAILED_FIRST]
+    return states
+
+
 async def search(client: aioredis.Redis, query: SearchQuery, cursor: str | None = None, *,
-                 size: int = PAGE_SIZE, budget: int = DEFAULT_BUDGET) -> SearchPage:
-    """One page of the tasks that match ``query``, from ``cursor``."""
+                 size: int = PAGE_SIZE, budget: int = DEFAULT_BUDGET,
+                 time_budget: float = TIME_BUDGET) -> SearchPage:
+    """One page of the tasks that match ``query``, from ``cursor``: full, or cut short by the
+    budget (``budget`` entries examined or ``time_budget`` seconds spent, whichever first)."""
     if not query.queues:
         return SearchPage()
     size = max(1, min(size, MAX_PAGE_SIZE))
@@ -143,14 +158,15 @@ async def search(client: aioredis.Redis, query: SearchQuery, cursor: str | None 
     page = SearchPage()
     started = time.perf_counter()
     ranged = query.since is not None or query.until is not None
-    states = [s for s in query.states if not (ranged and s == "active")]
+    states = search_states(query)
     now = time.time()
+    calls = 0  #: a page always examines one chunk at least, so every page moves on
     while qi < len(query.queues):
         if si >= len(states):
             qi, si, pos = qi + 1, 0, 0
             continue
         queue, state = query.queues[qi], states[si]
-        if page.examined >= budget:
+        if calls and (page.examined >= budget or time.perf_counter() - started >= time_budget):
             page.budget_spent = True
             page.next_cursor = f"{qi}.{si}.{pos}"
             break
@@ -161,6 +177,7 @@ async def search(client: aioredis.Redis, query: SearchQuery, cursor: str | None 
             "" if not lua_range or query.since is None else int(query.since),
             "" if not lua_range or query.until is None else int(query.until),
             size - len(page.tasks)])
+        calls += 1
         next_pos = int(reply[0])
         page.examined += int(reply[1])
         for i in range(2, len(reply), 3):
