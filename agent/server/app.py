@@ -119,6 +119,7 @@ def create_app(settings: ServerSettings, *, broker: Broker | None = None,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/", lambda request: RedirectResponse("/dashboard/", status_code=307)),
             *dashboard_routes(),
+            *_workflow_routes(),
         ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers={HTTPException: _http_error, ApiError: _api_error,
@@ -127,6 +128,12 @@ def create_app(settings: ServerSettings, *, broker: Broker | None = None,
     )
     app.state.settings = settings
     return app
+
+
+def _workflow_routes() -> list[Route]:
+    from agent.server.workflows import routes  # it imports this module's helpers
+
+    return routes()
 
 
 # -- plumbing ------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ class WorkflowEngine:
     async def create(self, nodes: list[Node], workflow_id: str | None = None) -> str:
         """Write the workflow, then enqueue its first tasks. Returns its ID."""
         wid = workflow_id or str(uuid.uuid4())
+        if not wid.strip() or len(wid) > 128 or "{" in wid or "}" in wid:
+            raise ValueError("workflow_id: a non-blank string of at most 128 characters, without braces")
         now = int(time.time())
         args: list[Any] = [len(nodes), now]
         for node in nodes:

@@ -53,9 +53,6 @@ def sig(type: str, payload: Any = None, *, pass_result: bool = True, **options: 
         raise ValueError(f"sig({type!r}): retention must be above 0: a step keeps its result "
                          "for its successors")
     EnqueueOptions(**options).validate()  # a bad queue name or value fails here, naming it
-    if pass_result and payload is not None and not isinstance(payload, dict):
-        raise ValueError(f"sig({type!r}): a step that receives the previous result needs a JSON "
-                         f"object payload (or none), got {_kind(payload)}; or pass_result=False")
     return Sig(type, payload, dict(options), pass_result)
 
 
@@ -131,6 +128,10 @@ class _Builder:
         if isinstance(element, Sig):
             mode = None if not deps or not element.pass_result else (
                 "previous" if passes == "previous" and len(deps) == 1 else "results")
+            if mode and element.payload is not None and not isinstance(element.payload, dict):
+                raise ValueError(f"sig({element.type!r}): a step that receives the previous result "
+                                 f"needs a JSON object payload (or none), got {_kind(element.payload)}; "
+                                 "or pass_result=False")
             return [self.add(deps, type=element.type, payload=element.payload,
                              options=element.options, passes=mode).id]
         if isinstance(element, (list, tuple)):
