@@ -155,7 +155,7 @@ class AgentUnderTest:
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    def start(self, timeout: float = 60.0) -> AgentUnderTest:
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> AgentUnderTest:
         argv = [sys.executable]
         if self.h.profile_with == "cprofile":
             argv += ["-m", "cProfile", "-o", str(self.profile_path)]
@@ -163,8 +163,9 @@ class AgentUnderTest:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.process_env}
         self.proc = self.h.procs.spawn(argv, name=f"agent-{self.name}", log_path=self.log_path, env=env,
                                        cwd=self.cwd)
-        wait_until(self._ready, timeout, 0.05, f"agent {self.name} ready")
-        self.h.procs.note_descendants(self.proc)
+        if wait:  # else the caller waits for ``_ready`` (several agents starting at once)
+            wait_until(self._ready, timeout, 0.05, f"agent {self.name} ready")
+            self.h.procs.note_descendants(self.proc)
         return self
 
     def _ready(self) -> bool:

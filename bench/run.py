@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
-from bench import agent_runs, floor, go_producer, micro, peers, profiling, report  # noqa: E402
+from bench import agent_runs, fleet, floor, go_producer, micro, peers, profiling, report  # noqa: E402
 from bench import dashboard as dashboard_bench  # noqa: E402
 from bench.agent_runs import SHORT_TASK, AgentSetup, Harness  # noqa: E402
 from bench.measure import code_identity, machine  # noqa: E402
@@ -66,23 +66,27 @@ SIZES = {
     # CI: proves every section still runs; the figures mean little
     "smoke": dict(single=300, defaults=2_000, short=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
                   pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, go=2_000, go_pairs=1, startup_reps=3,
+                  fleet=dict(counts=(1, 2), n=500, idle_s=1.0, busy_s=1.0, latency_rate=50, latency_s=1.0),
                   short_reps=1, reference=2_000,
                   realistic=dict(sync_10ms_16=100, sync_10ms_128=300, async_50ms_16=50, async_50ms_128=300)),
     # a few minutes on a 2-core machine (plus the peers' virtualenv on the first run)
     "quick": dict(single=3_000, defaults=20_000, short=60_000, latency=60, idle=3.0, floor=60_000,
                   peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000, go=30_000, go_pairs=2,
+                  fleet=dict(counts=(1, 8), n=10_000, idle_s=3.0, busy_s=3.0, latency_rate=200, latency_s=3.0),
                   startup_reps=5, short_reps=1, reference=50_000,
                   realistic=dict(sync_10ms_16=1_500, sync_10ms_128=4_000, async_50ms_16=500,
                                  async_50ms_128=3_000)),
     # the README figures
     "full": dict(single=10_000, defaults=100_000, short=300_000, latency=200, idle=10.0, floor=300_000,
                  peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000, go=100_000, go_pairs=3,
+                 fleet=dict(counts=(1, 8, 16, 32), n=40_000, idle_s=5.0, busy_s=5.0, latency_rate=200,
+                            latency_s=5.0),
                  startup_reps=10, short_reps=3, reference=150_000,
                  realistic=dict(sync_10ms_16=3_000, sync_10ms_128=8_000, async_50ms_16=1_000,
                                 async_50ms_128=6_000)),
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
-            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer",
+            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet",
             "micro", "profile", "batching", "dashboard")
 
 
@@ -122,6 +126,8 @@ def plan(args: argparse.Namespace) -> list[str]:
         wanted = [s for s in wanted if s != "profile"]
     if args.mode != "full" and not args.only:
         wanted = [s for s in wanted if s != "scale_queues_parents"]
+    if args.mode == "quick" and not args.only:  # fleet: 57 agent starts in full, 3 in smoke
+        wanted = [s for s in wanted if s != "fleet"]
     return wanted
 
 
@@ -356,6 +362,10 @@ class Suite:
             "go_over_ours": [round(r, 3) for r in ratios],
             "median_go_over_ours": round(ratios[len(ratios) // 2], 3) if ratios else None,
         }
+
+    def fleet(self) -> None:
+        """1, 8, 16 and 32 agents on one Redis (bench/fleet.py)."""
+        self.runs["fleet"] = fleet.run_fleet(self.h, **self.sizes["fleet"])
 
     def micro(self) -> None:
         self.runs["micro"] = micro.run_micro()
