@@ -183,3 +183,25 @@ def test_steps_run_by_another_consumer_move_on_through_recovery(tmp_path, redis_
             assert client.get_workflow(info.id)["steps"][1]["result"]["previous"] == {"from": "go"}
     finally:
         agent.stop()
+
+
+def test_inspect_workflow_show(redis_url, r):
+    from click.testing import CliRunner
+
+    from agent.inspect.cli import Settings, inspect_cli
+    from agent.workflows.engine import WorkflowEngine, run_sync
+
+    with Client(redis_url) as client:
+        info = client.chain([sig("a", {"n": 1}, queue="wq"), sig("b", queue="wq")], workflow_id="wf-show")
+    run_sync(WorkflowEngine(r).failed(info.id, "0", "ValueError: bad input"))
+    runner = CliRunner()
+    out = runner.invoke(inspect_cli, ["--redis", redis_url, "workflow", "show", "wf-show"], obj=Settings(),
+                        env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "Workflow wf-show: failed, 0/2 steps done, 1 failed" in out.output
+    assert "ValueError: bad input" in out.output and "wf-show:1" in out.output
+    out = runner.invoke(inspect_cli, ["--redis", redis_url, "--json", "workflow", "show", "wf-show"], obj=Settings())
+    data = json.loads(out.output)
+    assert [s["state"] for s in data["steps"]] == ["failed", "waiting"] and data["steps"][1]["after"] == ["0"]
+    out = runner.invoke(inspect_cli, ["--redis", redis_url, "workflow", "show", "nope"], obj=Settings())
+    assert out.exit_code == 1 and "no workflow 'nope'" in out.output

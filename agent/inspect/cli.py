@@ -638,3 +638,7 @@ def server_ls(ctx: click.Context, workers: bool) -> None:
                       format_in(w.deadline, now))
     click.echo()
     print_table(out, table, "Active workers")
+
+
+# the workflow commands live in their own module; importing it registers them
+from agent.inspect import workflows as _workflows  # noqa: E402, F401
