@@ -109,6 +109,8 @@ def targets(results: dict) -> list[dict]:
           5.0, "<=", "s")
     check("dashboard open during a c=128 drain (rate with / without)",
           _get(runs, "dashboard", "drain_cost", "ratio_median"), 0.95, ">=")
+    check("dashboard server's CPU / the c=128 drain's CPU", _get(runs, "dashboard", "drain_cost",
+                                                                 "server_cpu_share_max"), 0.05, "<=")
     return rows
 
 
