@@ -112,3 +112,32 @@ async def test_registration_hands_every_sub_queue_the_servers_limits(redis_url):
     assert set(flow) == {"emails.high", "emails.low"}
     # the server's limits for the fleet, the agent config's where the server sets none
     assert flow["emails.high"].max_running == 4 and flow["emails.high"].key_max_running == 3
+
+
+async def test_http_enqueue_sets_the_key_the_dequeue_limits(redis_url):
+    """A task enqueued over HTTP with the rundown-key header is limited by its key, like one
+    from the Python client or a Go client's asynq.Header."""
+    import redis.asyncio as aioredis
+    from starlette.testclient import TestClient
+
+    from agent.broker import Broker
+    from agent.broker.flow import FlowControl
+
+    client_key = "client-key-0123456789"
+    doc = server_doc({})
+    doc["api_keys"].append({"name": "producer", "key": client_key, "role": "client"})
+    settings = parse_queues(doc, redis_url=redis_url)
+    with TestClient(create_app(settings)) as http:
+        for i in range(3):
+            for tenant in ("A", "B"):
+                resp = http.post("/tasks", headers={"Authorization": f"Bearer {client_key}"},
+                                 json={"type": "t", "queue": "emails.high", "task_id": f"{tenant}{i}",
+                                       "headers": {"rundown-key": tenant}})
+                assert resp.status_code == 201, resp.text
+    broker = Broker(aioredis.Redis.from_url(redis_url))
+    try:
+        broker.flow = FlowControl({"emails.high": FlowLimits(key_max_running=1)})
+        tasks, _ = await broker.dequeue("emails.high", count=10)
+    finally:
+        await broker.close()
+    assert sorted(t.id for t in tasks) == ["A0", "B0"]
