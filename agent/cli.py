@@ -183,6 +183,9 @@ def _summary(config: Config, path: Path | None) -> str:
     queues = []
     for q in config.worker.queues:
         limit = f", limit {q.concurrency}" if q.concurrency is not None else ""
+        for key, value in q.flow.as_dict().items():  # fleet-wide flow limits
+            shown = ", ".join(f"{t} {spec['rate']}" for t, spec in value.items()) if key == "types" else value
+            limit += f", {key} {shown}"
         queues.append(f"{q.name} (weight {q.weight}{limit})")
     order = "strict priority" if config.worker.strict_priority else "weighted"
     lines.append(f"  queues ({order}): {', '.join(queues)}")

@@ -16,7 +16,7 @@ from agent.config.model import (
     ServerConfig,
     WorkerConfig,
 )
-from agent.runtime.app import flow_limits
+from agent.runtime.app import flow_limits, server_plan
 from agent.server import ServerThread, create_app, parse_queues
 from agent.server.app import registration_answer
 from agent.server.queues import QueuesFileError
@@ -56,6 +56,17 @@ def test_agent_config_keys(tmp_path):
     assert emails.flow.rate.per_second == 50 and emails.flow.max_running == 4
     assert emails.flow.key_max_running == 5 and emails.flow.types["email:send"].rate.per_second == 10
     assert emails.flow.lanes and not plain.flow
+
+
+def test_validate_summary_shows_the_limits(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, '    - {name: emails, rate: 1000/m, max_running: 4, types: {"e:send": {rate: 2/s}}}\n')
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "-validate", "-config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "emails (weight 1, rate 1000/m, max_running 4, types e:send 2/s)" in done.stdout
 
 
 def test_agent_config_problems_name_the_field(tmp_path):
@@ -108,7 +119,9 @@ async def test_registration_hands_every_sub_queue_the_servers_limits(redis_url):
                         worker=WorkerConfig(queues=(QueueSpec("emails", flow=FlowLimits(key_max_running=3)),)),
                         bootstrap=BootstrapConfig(retries=1, retry_delay=0.01))
         registration = await register(config)
-    flow = flow_limits(registration.queues, registration.flow, config.worker.queues)
+        plan = await server_plan(config)  # what the agent runs with in server mode
+    assert plan.flow == flow_limits(registration.queues, registration.flow, config.worker.queues)
+    flow = plan.flow
     assert set(flow) == {"emails.high", "emails.low"}
     # the server's limits for the fleet, the agent config's where the server sets none
     assert flow["emails.high"].max_running == 4 and flow["emails.high"].key_max_running == 3
