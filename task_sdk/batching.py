@@ -215,6 +215,9 @@ def _is_deadline(exc: object) -> bool:
 def _line_of(exc: BaseException) -> str:
     import traceback
 
+    if isinstance(exc, BatchResultMismatch):  # ours: without the module path
+        return f"BatchResultMismatch: {exc}"
+
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
