@@ -78,6 +78,11 @@ def batch_key(message: dict[str, Any]) -> str | None:
     return f"batch:{key}" if isinstance(key, str) and key else None
 
 
+def alone(task_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """A request of a batched type that came on its own, as a batch of one."""
+    return {"batch": task_id, "tasks": [message]}
+
+
 class _Prepared:
     """A batch split into what runs (ids, contexts, payloads) and the answers already due."""
 

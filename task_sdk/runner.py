@@ -468,6 +468,8 @@ class _Server:
         if isinstance(prepared, bytes):
             return prepared
         ctx, handler, payload = prepared
+        if handler.batch is not None:  # a batched type sent alone (one_shot, an older agent)
+            return await batching.run_async(self, batching.alone(task_id, message))
         started_at = time.time()
         _set_current(ctx)
         try:
@@ -573,6 +575,8 @@ class _Server:
         if isinstance(prepared, bytes):
             return prepared
         ctx, handler, payload = prepared
+        if handler.batch is not None:  # a batched type sent alone (one_shot, an older agent)
+            return batching.run_inline(self, batching.alone(task_id, message))
         func = handler.func
         if self._held and func in self._slow:
             self._flush_answers()  # do not keep answers waiting through a slow handler

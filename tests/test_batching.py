@@ -256,3 +256,23 @@ def test_the_inference_example_serves_batches_from_a_model_loaded_once(tmp_path,
         by_text.setdefault(text, set()).add(tuple(result["vector"]))
     assert all(len(vectors) == 1 for vectors in by_text.values())  # same model in every child
     assert max(r["batch"] for r in results) > 1  # served in batches
+
+
+@pytest.mark.parametrize("mode", ["one_shot", "threads"])
+async def test_a_batched_type_sent_alone_runs_as_a_batch_of_one(mode):
+    from agent.supervisor import create_pool
+
+    env = {"RUNDOWN_SYNC_THREADS": "2"} if mode == "threads" else {}
+    pool = create_pool(spec(env), mode="one_shot" if mode == "one_shot" else "long_running",
+                       restart=FAST_RESTART)
+    await pool.start()
+    try:
+        request = req("embed", {"n": 3})
+        if mode == "threads":  # the asyncio server; sent as a plain request, as an older agent would
+            pool.batches.specs.clear()
+        outcome = await pool.run(request)
+        assert json.loads(outcome.result) == {"n": 3, "size": 1, "model": "tiny"}
+        failing = await pool.run(req("embed", {"n": 4, "fail": True}))
+        assert failing == Outcome("retry", error="item 4 is bad")
+    finally:
+        await pool.stop(grace=1.0)
