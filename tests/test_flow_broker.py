@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from agent.broker import Broker, keys
 from agent.broker.flow import FlowControl, FlowLimits, TypeLimit, parse_rate
 from agent.broker.options import EnqueueOptions
+from tests.test_redis_topologies import _queues_on_different_masters, cluster  # noqa: F401 - a fixture
 
 Q = "flowq"
 
@@ -251,3 +252,29 @@ async def test_requeued_ids_on_the_right_and_new_ones_on_the_left(broker, r):
     for _ in range(3):
         got += [t.id for t in (await broker.dequeue(Q, count=10))[0]]
     assert sorted(got) == ["A0", "A1", "A2", "A3", "A4", "N0", "N1"]
+
+
+async def test_flow_limits_on_a_redis_cluster(cluster):  # noqa: F811 - the imported fixture
+    """Every key of a flow dequeue carries the queue's hash tag: one slot per call, on queues
+    whose slots live on three different masters."""
+    from redis.cluster import key_slot
+
+    from agent.broker import connection
+
+    client = connection.async_client(cluster, socket_timeout=5)
+    broker = Broker(client)
+    try:
+        queues = _queues_on_different_masters("flow")
+        lim = FlowLimits(rate=parse_rate("1000/s"), max_running=3, key_max_running=2,
+                         types={"t": TypeLimit(parse_rate("1000/s"))})
+        broker.flow = FlowControl({q: lim for q in queues})
+        for queue in queues:
+            call = broker.flow.call(queue, time.time(), 5)
+            assert len({key_slot(k.encode()) for k in call.keys}) == 1
+        results = await broker.enqueue_many([("t", b"", EnqueueOptions(queue=q, headers={"rundown-key": k}))
+                                             for q in queues for k in ("A", "A", "A", "B")])
+        assert not [x for x in results if isinstance(x, Exception)]
+        counts = (await broker.dequeue_counts({q: 10 for q in queues}))[2]
+        assert counts == {q: 3 for q in queues}  # max_running 3: A twice (its limit), B once
+    finally:
+        await client.aclose()
