@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from agent.supervisor import (
     Capacity,
@@ -276,3 +277,43 @@ async def test_a_batched_type_sent_alone_runs_as_a_batch_of_one(mode):
         assert failing == Outcome("retry", error="item 4 is bad")
     finally:
         await pool.stop(grace=1.0)
+
+
+def test_agent_killed_mid_batch_loses_no_task(tmp_path, redis_url):
+    """Every task of a batch holds its own lease: a second agent runs them all again once the
+    killed agent's leases expire; the killed agent's child dies with it."""
+    import psutil
+
+    from agent.broker import keys
+    from agent.client import Client
+    from tests.agentproc import AgentProcess, local_config, wait_until
+
+    marker = tmp_path / "hanging"
+    with Client(redis_url) as client:
+        infos = [client.enqueue("embed", {"n": i}, queue="batched", retention=600) for i in range(8)]
+        config, port = local_config(tmp_path, redis_url, ["batched"], concurrency=1,
+                                    startup_cmd="python batch_app.py", app_dir=CHILDREN,
+                                    extra_env={"HANG_ONCE": str(marker)})
+        first = AgentProcess(config, port, tmp_path / "first.log").start()
+        wait_until(marker.exists, 20, what="the batch running")
+        r = redis.Redis.from_url(redis_url)
+        assert r.llen(keys.active("batched")) == 8 and r.zcard(keys.lease("batched")) == 8
+        first.kill()  # SIGKILL
+        child = int(marker.read_text())
+        wait_until(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie",
+                   10, what="the batch's child gone with its agent")
+        config, port = local_config(tmp_path, redis_url, ["batched"], concurrency=1,
+                                    startup_cmd="python batch_app.py", app_dir=CHILDREN,
+                                    extra_env={"HANG_ONCE": str(marker)})
+        second = AgentProcess(config, port, tmp_path / "second.log").start()
+        try:
+            def completed():
+                found = [client.get_task("batched", i.id) for i in infos]
+                return found if all(f.state == "completed" for f in found) else None
+
+            found = wait_until(completed, 40, what="the 8 tasks run again by the second agent")
+        finally:
+            second.stop()
+        assert sorted(f.result_json()["n"] for f in found) == list(range(8))
+        assert r.zcard(keys.completed("batched")) == 8 and not r.llen(keys.active("batched"))
+        r.close()

@@ -3,7 +3,7 @@
 ``embed``: sync, batch 32, max_wait 10 ms; each payload {"n": int} gives {"n", "size"} (the
 size of the batch it ran in); "fail": true returns an ItemError for that item, "skip": true a
 SkipRetry, "crash": true kills the child with os._exit (after BATCH_LOG, if set, records the
-batch's ids). ``aembed``: the same, async. ``slow``: sleeps payload["sleep"] seconds.
+batch's ids); with HANG_ONCE (a path) set, the first batch writes it and hangs. ``aembed``: the same, async. ``slow``: sleeps payload["sleep"] seconds.
 Knob: CHILD_THREADS_ASYNC=1 adds an async handler so the child runs the asyncio server.
 """
 
@@ -27,6 +27,11 @@ def _answer(payloads, ctx):
             fh.write(json.dumps([p.get("n") for p in payloads]) + "\n")
     if any(p.get("crash") for p in payloads):
         os._exit(7)
+    marker = os.environ.get("HANG_ONCE")  # the first batch hangs (its agent is killed meanwhile)
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        time.sleep(300)
     out = []
     for p in payloads:
         if p.get("fail"):
