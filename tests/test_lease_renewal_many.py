@@ -49,3 +49,19 @@ def test_renewing_2500_leases_in_one_call_keeps_each_tasks_rule(r):
             assert score == now - LEASE_FENCE_GRACE - 5
         else:
             assert score is None
+
+
+def test_renewal_when_every_hash_exists_writes_every_marker(r):
+    now = int(r.time()[0])
+    lease, expiry = keys.lease(Q), now + 10
+    ids = [f"all{i}" for i in range(300)]
+    r.zadd(lease, dict.fromkeys(ids, now + 3))
+    for task_id in ids:
+        r.hset(keys.task_key(Q, task_id), mapping={"state": "active", FENCED_LEASE_FIELD: now + 3})
+    args: list = [expiry, LEASE_FENCE_GRACE, keys.task_prefix(Q)]
+    for task_id in ids:
+        args += [task_id, 1, now + 3]
+    assert r.register_script(source("renew_leases"))(keys=[lease], args=args) == [expiry] * len(ids)
+    for task_id in ids:
+        assert r.zscore(lease, task_id) == expiry
+        assert int(r.hget(keys.task_key(Q, task_id), FENCED_LEASE_FIELD)) == expiry

@@ -4,9 +4,9 @@
 -- Redis's clock is not past it plus the fence grace. A lease recovered, or recovered and
 -- taken by another holder, is left alone (ZADD XX alone would overwrite the new holder's).
 -- The score never goes down, and the task hash's fenced_lease follows it.
--- The scores are read with one ZMSCORE and written with one ZADD per chunk of tasks (not a
--- ZSCORE and a ZADD per task): an agent holding 64 tasks sends 2 + 2 x 64 commands per
--- renewal instead of 4 x 64.
+-- The scores are read with one ZMSCORE and written with one ZADD per chunk of tasks, and the
+-- hashes are checked with one EXISTS (not a ZSCORE, a ZADD and an EXISTS per task): an agent
+-- holding 64 tasks runs 3 + 64 Redis commands per renewal instead of 4 x 64.
 -- KEYS[1] lease zset
 -- ARGV[1] new expiry (unix s), ARGV[2] grace (s), ARGV[3] task key prefix,
 -- then per task: id, n, n candidate scores
@@ -54,10 +54,15 @@ for first = 1, #ids, CHUNK do
     end
     if #pairs_ > 0 then
         redis.call("ZADD", KEYS[1], "XX", unpack(pairs_))
-        for _, k in ipairs(renewed) do
-            local key = ARGV[3] .. ids[k]
-            if redis.call("EXISTS", key) == 1 then
-                redis.call("HSET", key, "fenced_lease", out[k])
+        local hashes = {}
+        for n, k in ipairs(renewed) do
+            hashes[n] = ARGV[3] .. ids[k]
+        end
+        -- every hash there (the rule): one EXISTS for all; else look at each (no stub hashes)
+        local all = redis.call("EXISTS", unpack(hashes)) == #hashes
+        for n, k in ipairs(renewed) do
+            if all or redis.call("EXISTS", hashes[n]) == 1 then
+                redis.call("HSET", hashes[n], "fenced_lease", out[k])
             end
         end
     end
