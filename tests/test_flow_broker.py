@@ -278,3 +278,18 @@ async def test_flow_limits_on_a_redis_cluster(cluster):  # noqa: F811 - the impo
         assert counts == {q: 3 for q in queues}  # max_running 3: A twice (its limit), B once
     finally:
         await client.aclose()
+
+
+async def test_many_keys_each_get_a_turn(broker, r):
+    limit(broker, key_max_running=1)
+    results = await broker.enqueue_many([("t", b"", EnqueueOptions(queue=Q, task_id=f"K{i}-{j}",
+                                                                   headers={"rundown-key": f"tenant-{i}"}))
+                                         for j in range(2) for i in range(2000)])
+    assert not [x for x in results if isinstance(x, Exception)]
+    got: list[str] = []
+    for _ in range(25):
+        got += [t.id for t in (await broker.dequeue(Q, count=100))[0]]
+    # one running task per key: the first task of each of the 2,000 tenants, none of the second
+    assert sorted(got) == sorted(f"K{i}-0" for i in range(2000))
+    assert (await broker.dequeue(Q, count=100))[0] == []
+    assert broker.flow.state[Q].reason == "key"

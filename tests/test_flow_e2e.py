@@ -225,3 +225,31 @@ def test_a_killed_agents_slots_come_back_with_recovery(tmp_path, redis_url):
 @pytest.fixture(autouse=True)
 def _fail_fast_on_missing_app():
     assert (APPS / "flow_worker.py").exists()
+
+
+def test_a_throttled_queue_is_not_polled(tmp_path, redis_url):
+    """A queue out of tokens is asked again when its next token is due, not in a loop: at 2/s
+    with a backlog, the agent makes about one throttled fetch per token and uses little CPU."""
+    import psutil
+
+    record = tmp_path / "record.jsonl"
+    enqueue(redis_url, [("noop", {}, {"queue": Q}) for _ in range(200)])
+    agent = start_agents(tmp_path, redis_url, {"name": Q, "rate": "2/s"}, 1, record, concurrency=4)[0]
+    try:
+        process = psutil.Process(agent.pid)
+        time.sleep(1.0)
+        cpu0, t0, n0 = sum(process.cpu_times()[:2]), time.monotonic(), len(records(record))
+        time.sleep(4.0)
+        cpu = sum(process.cpu_times()[:2]) - cpu0
+        started = len(records(record)) - n0
+        seconds = time.monotonic() - t0
+        metrics = agent.get("/metrics").text
+    finally:
+        stop_all([agent])
+    fetches = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("rundown_flow_throttled_fetches_total{"))
+    print(f"\n2/s for {seconds:.1f}s: {started} started, {fetches:.0f} throttled fetches in all, "
+          f"agent CPU {cpu:.2f}s")
+    assert 6 <= started <= 11
+    assert fetches <= 40  # about one per token (a loop would make thousands)
+    assert cpu < 0.5 * seconds / 4  # under an eighth of a core
