@@ -89,11 +89,12 @@ def run_count(h: Harness, count: int, *, n: int, idle_s: float, busy_s: float,
     try:
         time.sleep(2.0)  # start-up work settles (first heartbeat, forwarder, recoverer runs)
         # 1. idle
-        before, t0 = commands(r), time.perf_counter()
+        before, t0, cpu0 = commands(r), time.perf_counter(), process_cpu(h.redis_pid)
         time.sleep(idle_s)
         seconds = time.perf_counter() - t0
         rate, top = _background(_delta(commands(r), before), seconds, count)
         row["idle_background_commands_per_s_per_agent"] = round(rate, 1)
+        row["idle_redis_cpu_ms_per_s_per_agent"] = round((process_cpu(h.redis_pid) - cpu0) / seconds / count * 1e3, 3)
         row["idle_top"] = top
         # 2. busy: every slot runs a task that outlasts the window
         hold = busy_s + 4.0
@@ -103,11 +104,13 @@ def run_count(h: Harness, count: int, *, n: int, idle_s: float, busy_s: float,
                                      for _ in range(lo, min(count * SLOTS, lo + 1000))])
         wait_until(lambda: r.llen(keys.active(QUEUE)) >= count * SLOTS, 60.0, 0.05, "every slot busy")
         time.sleep(0.5)
-        before, t0 = commands(r), time.perf_counter()
+        before, t0, cpu0 = commands(r), time.perf_counter(), process_cpu(h.redis_pid)
         time.sleep(busy_s)
         seconds = time.perf_counter() - t0
         rate, top = _background(_delta(commands(r), before), seconds, count)
         row["background_commands_per_s_per_agent"] = round(rate, 1)
+        row["background_redis_cpu_ms_per_s_per_agent"] = round(
+            (process_cpu(h.redis_pid) - cpu0) / seconds / count * 1e3, 3)
         row["background_top"] = top
         wait_until(lambda: r.llen(keys.active(QUEUE)) == 0 and r.llen(keys.pending(QUEUE)) == 0,
                    60.0, 0.1, "hold tasks done")

@@ -54,8 +54,9 @@ def lines(runs: dict) -> list[str]:
     return out
 
 
-FLEET_COLUMNS = ("agents", "tasks/s", "Redis util", "Redis µs/task", "bg cmds/s/agent", "idle bg cmds/s/agent",
-                 "connections", "conns/agent", "p50 ms", "p99 ms")
+FLEET_COLUMNS = ("agents", "tasks/s", "Redis util", "Redis µs/task", "Redis cmds/task", "bg cmds/s/agent",
+                 "bg Redis ms/s/agent", "idle cmds/s/agent", "idle Redis ms/s/agent", "connections", "p50 ms",
+                 "p99 ms")
 
 
 def fleet_rows(runs: dict) -> list[list[str]]:
@@ -65,9 +66,12 @@ def fleet_rows(runs: dict) -> list[list[str]]:
             rows.append([_n(row.get("agents")), "error", *["-"] * (len(FLEET_COLUMNS) - 2)])
             continue
         rows.append([_n(row["agents"]), _n(row["tasks_per_s"]), _n(row["redis_cpu_util"], 2),
-                     _n(row["redis_cpu_us_per_task"], 1), _n(row["background_commands_per_s_per_agent"], 1),
+                     _n(row["redis_cpu_us_per_task"], 1), _n(row.get("redis_commands_per_task"), 1),
+                     _n(row["background_commands_per_s_per_agent"], 1),
+                     _n(row.get("background_redis_cpu_ms_per_s_per_agent"), 2),
                      _n(row.get("idle_background_commands_per_s_per_agent"), 1),
-                     _n(row["connections"]), _n(row["connections_per_agent"], 1),
+                     _n(row.get("idle_redis_cpu_ms_per_s_per_agent"), 2),
+                     f"{_n(row['connections'])} ({_n(row['connections_per_agent'], 1)}/agent)",
                      _n(row["latency_p50_ms"], 1), _n(row["latency_p99_ms"], 1)])
     return rows
 
