@@ -36,6 +36,8 @@ FIRST = (
     "tests/test_recovery.py",
     "tests/test_cli_secrets.py",
     "tests/test_redis_topologies.py",
+    "tests/test_aggregation.py",
+    "tests/test_batching.py",
 )
 
 UNIT_OF_FILE = {path: group for group, paths in GROUPS.items() for path in paths}
