@@ -9,11 +9,17 @@ import redis
 from task_sdk import SkipRetry, current_task, run, task
 
 _r = redis.Redis.from_url(os.environ["WF_REDIS_URL"])
+AGENT_PID = os.getppid()  # at start-up: after a SIGKILL of the agent, getppid() is 1
+
+
+def _log(task_id: str, phase: str) -> None:
+    _r.rpush("wftest:log", f"{task_id} {AGENT_PID} {time.time():.3f} {phase}")
 
 
 def _count() -> str:
     info = current_task()
     _r.hincrby("wftest:runs", info.id, 1)
+    _log(info.id, "start")
     return info.id
 
 
@@ -22,8 +28,13 @@ def step(payload):
     tid = _count()
     if payload.get("sleep"):
         time.sleep(float(payload["sleep"]))
-    out = {"n": payload.get("n"), "previous": payload.get("previous"), "results": payload.get("results")}
+    # small results: only the names of what came before (a whole previous result would nest)
+    prev = payload.get("previous") if isinstance(payload.get("previous"), dict) else {}
+    results = payload.get("results")
+    out = {"n": payload.get("n"), "prev": prev.get("n"), "prev_recovered": prev.get("recovered"),
+           "results": None if results is None else [x.get("n") if isinstance(x, dict) else x for x in results]}
     _r.hincrby("wftest:ok", tid, 1)
+    _log(tid, "ok")
     return out
 
 
@@ -33,7 +44,8 @@ def fail(payload):
     if not _r.exists(f"wftest:allow:{payload.get('n')}"):
         raise SkipRetry(f"step {payload.get('n')} fails on purpose")
     _r.hincrby("wftest:ok", tid, 1)
-    return {"n": payload.get("n"), "previous": payload.get("previous"), "recovered": True}
+    _log(tid, "ok")
+    return {"n": payload.get("n"), "recovered": True}
 
 
 if __name__ == "__main__":
