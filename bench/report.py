@@ -111,6 +111,8 @@ def targets(results: dict) -> list[dict]:
           _get(runs, "dashboard", "drain_cost", "ratio_median"), 0.95, ">=")
     check("dashboard server's CPU / the c=128 drain's CPU", _get(runs, "dashboard", "drain_cost",
                                                                  "server_cpu_share_max"), 0.05, "<=")
+    check("unlimited queue beside a throttled one / no limits (issue 16, paired)",
+          _get(runs, "flow", "median_ratio"), 0.90, ">=")
     return rows
 
 

@@ -87,7 +87,7 @@ SIZES = {
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet",
-            "micro", "profile", "batching", "dashboard")
+            "micro", "profile", "batching", "dashboard", "flow")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -250,6 +250,12 @@ class Suite:
               f"added latency p50 {out['added_latency_ms']['p50']} ms, p99 "
               f"{out['added_latency_ms']['p99']} ms (target <= "
               f"{out['p99_added_latency_target_ms']:g} ms)", flush=True)
+
+    def flow(self) -> None:
+        """What flow limits cost a queue without any, paired in one run (bench/flow.py)."""
+        from bench import flow
+
+        self.runs["flow"] = flow.run(self.h, self.args.mode)
 
     def floor(self) -> None:
         n = self.args.n or self.sizes["floor"]
