@@ -28,8 +28,8 @@ class SlotLedger:
     starts the next one as soon as a handler finishes, which is when its clock starts here).
     """
 
-    __slots__ = ("batch_of", "batches", "capacity", "outcomes", "prefetch", "running", "slots",
-                 "waiting")
+    __slots__ = ("batch_of", "batches", "capacity", "extra", "outcomes", "prefetch", "running",
+                 "slots", "waiting")
 
     def __init__(self, capacity: Capacity, slots: int = 1, prefetch: int = 0) -> None:
         self.capacity = capacity
@@ -41,29 +41,30 @@ class SlotLedger:
         # batched handlers (supervisor/batches.py): one slot runs all the tasks of a batch
         self.batches: dict[str, set[str]] = {}  # batch id -> its tasks still running
         self.batch_of: dict[str, str] = {}  # task id -> its batch id
+        self.extra = 0  # entries of `running` beyond one per batch (they take no slot)
 
     @property
     def busy(self) -> int:
         """Slots whose handler runs now (a batch takes one, whatever its size)."""
-        return len(self.running) - len(self.batch_of) + len(self.batches)
+        return len(self.running) - self.extra
 
     def holds(self, task_id: str) -> bool:
         return task_id in self.outcomes or task_id in self.running
 
     @property
     def free_slots(self) -> int:
-        return self.slots - self.busy
+        return self.slots - len(self.running) + self.extra
 
     @property
     def prefetch_room(self) -> int:
         """Tasks that may still be sent to wait (only once every slot is busy)."""
-        return self.prefetch - len(self.waiting) if self.busy >= self.slots else 0
+        return self.prefetch - len(self.waiting) if len(self.running) - self.extra >= self.slots else 0
 
     def hold(self, request: TaskRequest, on_outcome: OnOutcome, now: float) -> bool:
         """Take a task sent to the child: True when its handler starts now (a free slot),
         False when it waits for one."""
         self.outcomes[request.task_id] = on_outcome
-        if self.busy < self.slots:
+        if len(self.running) - self.extra < self.slots:
             self.running[request.task_id] = (request.handler_deadline(now), request, now)
             self.capacity.running += 1
             return True
@@ -80,6 +81,7 @@ class SlotLedger:
             self.running[request.task_id] = (request.handler_deadline(now), request, now)
             self.batch_of[request.task_id] = batch_id
             members.add(request.task_id)
+        self.extra += len(members) - 1
         self.capacity.running += 1
 
     def batch_mates(self, task_id: str) -> list[str]:
@@ -90,12 +92,13 @@ class SlotLedger:
     def answered(self, task_id: str, now: float) -> None:
         """The child answered ``task_id``: its slot goes to the task waiting longest (whose
         clock starts now), or is free."""
-        batch_id = self.batch_of.pop(task_id, None)
-        if batch_id is not None:
+        if self.batch_of and task_id in self.batch_of:
+            batch_id = self.batch_of.pop(task_id)
             members = self.batches[batch_id]
             members.discard(task_id)
             if members:  # the batch still runs in its slot
                 self.running.pop(task_id, None)
+                self.extra -= 1
                 return
             del self.batches[batch_id]
         if self.running.pop(task_id, None) is not None:
@@ -137,5 +140,6 @@ class SlotLedger:
         self.running.clear()
         self.batches.clear()
         self.batch_of.clear()
+        self.extra = 0
         self.waiting.clear()
         return outcomes
