@@ -317,3 +317,24 @@ def test_agent_killed_mid_batch_loses_no_task(tmp_path, redis_url):
         assert sorted(f.result_json()["n"] for f in found) == list(range(8))
         assert r.zcard(keys.completed("batched")) == 8 and not r.llen(keys.active("batched"))
         r.close()
+
+
+async def test_a_batch_waiting_on_another_pools_handlers_starts_when_they_end(pool_of):
+    """worker.concurrency is shared by the pools: a batch held back by another pool's handler
+    starts once that handler ends, though nothing of its own pool finished."""
+    capacity = Capacity(1)
+    other = LongRunningPool(spec(queue="other"), 1, FAST_RESTART, capacity=capacity)
+    pool = LongRunningPool(spec(), 1, FAST_RESTART, capacity=capacity)
+    await asyncio.gather(other.start(), pool.start())
+    try:
+        busy = submit_all(other, [req("slow", {"n": 0, "sleep": 0.5})])
+        await asyncio.sleep(0.1)
+        assert capacity.room == 0
+        waiting = submit_all(pool, [req("embed", {"n": i}) for i in range(3)])
+        await asyncio.sleep(0.1)
+        assert pool.batches.held == 3 and not any(f.done() for f in waiting)
+        assert (await busy[0]).kind == "success"
+        outcomes = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert [json.loads(o.result)["size"] for o in outcomes] == [3, 3, 3]
+    finally:
+        await asyncio.gather(other.stop(grace=1.0), pool.stop(grace=1.0))

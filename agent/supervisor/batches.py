@@ -83,12 +83,19 @@ class BatchCollector:
     split after a crash) and the timer that sends a forming batch when its wait is over.
 
     ``free_child`` returns a child with a free slot (under ``worker.concurrency``) or None;
-    ``dispatch()`` is called again whenever a slot may have freed."""
+    ``dispatch()`` is called again whenever one of the pool's slots frees. ``running_here``
+    says whether the pool runs anything: when it does not, what keeps a batch waiting is
+    another pool's handlers (``worker.concurrency`` is shared), whose end the pool does not
+    hear of, so the collector looks again every ``RECHECK`` seconds."""
 
-    def __init__(self, free_child: Callable[[], Child | None]) -> None:
+    RECHECK = 0.005
+
+    def __init__(self, free_child: Callable[[], Child | None],
+                 running_here: Callable[[], bool] = lambda: True) -> None:
         self.specs: dict[str, tuple[int, float]] = {}
         self.known_types: frozenset[str] = frozenset()
         self._free_child = free_child
+        self._running_here = running_here
         self._forming: dict[str, Batch] = {}
         self._due: deque[Batch] = deque()
         self._where: dict[str, Batch] = {}  # task id -> the batch it waits in (not yet sent)
@@ -171,6 +178,8 @@ class BatchCollector:
                 else:
                     self._forming[batch.type] = batch  # it goes on filling meanwhile
                 self._cancel_timer()
+                if not self._running_here():
+                    self._timer = asyncio.get_running_loop().call_later(self.RECHECK, self._on_timer)
                 return
             self._send(child, batch)
         self._arm(now)

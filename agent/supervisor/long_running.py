@@ -55,7 +55,8 @@ class LongRunningPool(ChildPool):
         self._started = False
         self._stopping = False
         self._stopped = asyncio.Event()
-        self.batches = BatchCollector(self._free_child)  # batched handlers (batches.py)
+        # batched handlers (batches.py)
+        self.batches = BatchCollector(self._free_child, lambda: self.running() > 0)
 
     @property
     def healthy(self) -> bool:
