@@ -100,7 +100,7 @@ def test_overview_renders_the_counts_of_a_seeded_redis(page, r, server):
     assert page.inner_text('tr[data-queue="inference.high"] .badge') == "paused"
     assert page.inner_text(f'tr[data-queue="{Q}"] .badge') == "running"
     assert "1,234" in page.inner_text(f'tr[data-queue="{Q}"]')
-    shoot(page, "overview")
+    shoot(page, "overview-seeded")
 
 
 def test_search_finds_12_failed_tasks_among_200000_by_error_text(page, r, server):
@@ -140,6 +140,7 @@ def test_failure_group_bulk_retry_moves_its_tasks_to_pending(page, r, server):
     row = page.locator("tr.group", has_text="declined")
     assert row.locator("td").first.inner_text() == "425"
     assert "card <n> declined by gateway <addr>" in row.inner_text()
+    shoot(page, "failures")
     row.locator('button[data-action="group-retry"]').click()
     page.wait_for_selector("#message")
     assert "425 tasks moved to pending" in page.inner_text("#message")
@@ -198,6 +199,8 @@ def test_live_counters_change_while_an_agent_drains_without_a_reload(page, r, se
             value = count(page, Q, "pending")
             if value != seen[-1]:
                 seen.append(value)
+                if len(seen) == 4:
+                    shoot(page, "overview")  # mid-drain: counters, rates and the agent at work
             time.sleep(0.2)
         assert seen[-1] == 0, seen
         assert len(seen) >= 3, f"expected intermediate counts while it drained, saw {seen}"
@@ -205,6 +208,5 @@ def test_live_counters_change_while_an_agent_drains_without_a_reload(page, r, se
         assert page.evaluate("window.__not_reloaded") is True
         wait_until(lambda: "1,000 /" in page.inner_text(f'tr[data-queue="{Q}"]'), timeout=10,
                    what="today's processed count")
-        shoot(page, "overview-draining")
     finally:
         assert agent.stop() == 0

@@ -119,3 +119,20 @@ def test_wheel_agent_runs_a_task_of_the_shipped_example(installed, redis_url):
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(30)
     assert code == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_wheel_ships_every_dashboard_asset(installed):
+    """The dashboard needs no CDN and no build step: htmx, the CSS, the templates and the Lua
+    script are in the wheel, and the templates load from it."""
+    snippet = ("from importlib import resources\n"
+               "from agent.server.dashboard.render import environment\n"
+               "root = resources.files('agent.server.dashboard')\n"
+               "for name in ('static/htmx.min.js', 'static/htmx-LICENSE.txt', 'static/dashboard.css',\n"
+               "             'lua/scan.lua', 'templates/base.html', 'templates/_overview.html'):\n"
+               "    assert root.joinpath(name).is_file(), name\n"
+               "for name in ('overview.html', 'tasks.html', 'task.html', 'failures.html', 'login.html'):\n"
+               "    environment().get_template(name)\n"
+               "print(root)\n")
+    done = _run([str(installed["python"]), "-c", snippet], cwd=installed["cwd"], env=installed["env"])
+    assert str(installed["base"]) in done.stdout  # the wheel's copy, not the checkout's
