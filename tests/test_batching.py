@@ -338,3 +338,16 @@ async def test_a_batch_waiting_on_another_pools_handlers_starts_when_they_end(po
         assert [json.loads(o.result)["size"] for o in outcomes] == [3, 3, 3]
     finally:
         await asyncio.gather(other.stop(grace=1.0), pool.stop(grace=1.0))
+
+
+async def test_withdrawing_from_a_full_batch_that_waits_for_a_slot_loses_no_other_task(pool_of):
+    pool = await pool_of()
+    running = submit_all(pool, [req("slow", {"n": 0, "sleep": 0.4})])  # max_wait 0: alone
+    await asyncio.sleep(0.1)
+    full = [req("slow", {"n": i}) for i in range(1, 5)]  # a full batch of 4, due
+    due = submit_all(pool, full)
+    forming = submit_all(pool, [req("slow", {"n": 5})])  # the next one, forming
+    assert pool.withdraw(full[0].task_id)  # the due batch is no longer full
+    outcomes = await asyncio.wait_for(asyncio.gather(running[0], *due[1:], forming[0]), 10)
+    assert [json.loads(o.result)["n"] for o in outcomes] == [0, 2, 3, 4, 5]
+    assert not due[0].done() and pool.batches.held == 0

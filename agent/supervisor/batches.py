@@ -55,7 +55,7 @@ class Batch:
     """Tasks of one type that run together. ``split``: made by a bisection after a crash;
     it runs as it is (no task joins it)."""
 
-    __slots__ = ("callbacks", "crashed", "id", "opened", "requests", "split", "type")
+    __slots__ = ("callbacks", "crashed", "due", "id", "opened", "requests", "split", "type")
 
     def __init__(self, task_type: str, *, split: bool = False) -> None:
         self.id = f"b{next(_ids)}"
@@ -64,6 +64,7 @@ class Batch:
         self.callbacks: list[OnOutcome] = []
         self.opened = time.monotonic()
         self.split = split
+        self.due = split  # full (or split): waits in the due queue, takes no more tasks
         self.crashed: list[tuple[TaskRequest, OnOutcome, Outcome]] = []
 
     def add(self, request: TaskRequest, on_outcome: OnOutcome) -> None:
@@ -135,6 +136,7 @@ class BatchCollector:
         self._where[request.task_id] = batch
         if len(batch.requests) >= spec[0]:
             del self._forming[request.type]
+            batch.due = True
             self._due.append(batch)
         self.dispatch()
 
@@ -173,8 +175,8 @@ class BatchCollector:
         while (batch := self._next_batch(now)) is not None:
             child = self._free_child()
             if child is None:  # every slot busy: dispatch() runs again when one frees
-                if batch.split or len(batch.requests) >= self._size(batch.type):
-                    self._due.appendleft(batch)
+                if batch.due:
+                    self._due.appendleft(batch)  # keeps its place
                 else:
                     self._forming[batch.type] = batch  # it goes on filling meanwhile
                 self._cancel_timer()
@@ -183,10 +185,6 @@ class BatchCollector:
                 return
             self._send(child, batch)
         self._arm(now)
-
-    def _size(self, task_type: str) -> int:
-        spec = self.spec_for(task_type)
-        return spec[0] if spec is not None else 1
 
     def _next_batch(self, now: float) -> Batch | None:
         if self._due:
