@@ -107,15 +107,17 @@ class Client:
                 out.append(exc)
         return out
 
-    def _workflow_step_waits(self, task_id: str) -> bool:
-        """A workflow step (``depends_on`` included) not enqueued yet: waiting, or ready."""
+    def _workflow_step_waits(self, queue: str, task_id: str) -> bool:
+        """A workflow step (``depends_on`` included) not enqueued yet: waiting, or ready, or
+        enqueued since the task was looked for."""
         from agent.workflows import keys as wk
 
         wid, _, node = task_id.rpartition(":")
         if not wid or not node.isdigit():
             return False
         state = self.redis.hget(wk.workflow_keys(wid)[2], node)
-        return state in (b"waiting", b"ready")
+        return state in (b"waiting", b"ready") or (
+            state is not None and bool(self.redis.exists(keys.task_key(queue, task_id))))
 
     def _workflows(self):
         from agent.workflows.engine import WorkflowEngine
@@ -175,7 +177,7 @@ class Client:
             except TaskNotFoundError:
                 if seen:
                     return TaskInfo(id=task_id, queue=queue, state="deleted")
-                if not self._workflow_step_waits(task_id):
+                if not self._workflow_step_waits(queue, task_id):
                     raise
                 info = TaskInfo(id=task_id, queue=queue, state="waiting")
             if time.monotonic() >= deadline:

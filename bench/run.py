@@ -87,7 +87,7 @@ SIZES = {
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet",
-            "micro", "profile", "batching", "dashboard", "flow")
+            "micro", "profile", "batching", "dashboard", "flow", "workflows")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -250,6 +250,18 @@ class Suite:
               f"added latency p50 {out['added_latency_ms']['p50']} ms, p99 "
               f"{out['added_latency_ms']['p99']} ms (target <= "
               f"{out['p99_added_latency_target_ms']:g} ms)", flush=True)
+
+    def workflows(self) -> None:
+        """A 100-step chain: each successor's enqueue against a plain enqueue, and the time per
+        step through an agent against one plain task at a time (bench/workflows.py)."""
+        from bench import workflows
+
+        reps = {"smoke": 1, "quick": 3}.get(self.args.mode, 5)
+        out = self.runs["workflows"] = workflows.run(self.h, reps)
+        s, e = out["successor_enqueue"], out["end_to_end"]
+        print(f"   successor enqueue {s['successor_enqueue_us_p50']} us vs plain enqueue "
+              f"{s['plain_enqueue_us_p50']} us ({s['ratio']}x); through the agent "
+              f"{e['chain_ms_per_step']} ms per step vs {e['plain_ms_per_task']} ms per plain task", flush=True)
 
     def flow(self) -> None:
         """What flow limits cost a queue without any, paired in one run (bench/flow.py)."""

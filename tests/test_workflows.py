@@ -80,7 +80,8 @@ async def test_a_crash_between_completion_and_successor_enqueue_is_recovered(r, 
     keys_ = wk.workflow_keys(info.id)
     # what engine.completed does first, alone: the script, not the enqueue after it
     reply = await engine._complete(keys=keys_, args=["0", b'{"x": 7}', int(time.time()), 60])
-    assert [x.decode() for x in reply] == ["running", "1"]
+    assert reply[0] == b"running" and [x[0] for x in reply[1:]] == [b"1"]
+    assert reply[1][2] == [b'{"x": 7}']  # the successor's spec and what it receives, at once
     assert r.llen(keys.pending("wq")) == 1  # only the first step's task
     # the first step's task is done (as the agent would have left it)
     r.hset(keys.task_key("wq", info.task_ids[0]), "state", "completed")

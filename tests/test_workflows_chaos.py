@@ -124,7 +124,8 @@ def scenario(tmp_path, redis_url, r, *, stages: int, kills: int, seconds: float)
             assert earlier[1] in killed and earlier[0] <= killed[earlier[1]] + 1, (task_id, task_runs)
         for earlier in oks[:-1]:
             extra_ok += 1  # succeeded, but its agent died before writing the outcome
-            assert earlier[1] in killed and 0 <= killed[earlier[1]] - earlier[0] < 2, (task_id, task_runs)
+            # (its child may finish in the few milliseconds before it dies with the agent)
+            assert earlier[1] in killed and -1 < killed[earlier[1]] - earlier[0] < 2, (task_id, task_runs)
     assert set(runs) == {s["task_id"] for s in v["steps"]}
     merges = [s for s in v["steps"] if s["type"] == "wf:step" and s["result"]["n"].endswith("merge")]
     assert all(len(m["result"]["results"]) == 15 for m in merges)  # 10 tasks + 5 chain ends, in order

@@ -85,14 +85,20 @@ class WorkflowEngine:
 
     # -- moving on ---------------------------------------------------------------------
 
-    async def enqueue_ready(self, wid: str, nodes: list[str]) -> None:
-        """Enqueue the tasks of ``ready`` nodes (again, harmlessly, if they were)."""
+    async def enqueue_ready(self, wid: str, nodes: list[str],
+                            known: list[tuple[dict, dict[str, bytes | None]]] | None = None) -> None:
+        """Enqueue the tasks of ``ready`` nodes (again, harmlessly, if they were); ``known``:
+        each node's spec and dependency results when the caller has them already."""
         if not nodes:
             return
-        meta, specs_key, _, _, results_key, _ = wk.workflow_keys(wid)
-        specs = [json.loads(s) for s in await _reply(self.redis.hmget(specs_key, nodes))]
-        deps = sorted({d for spec in specs for d in spec["deps"]}, key=int)
-        results = dict(zip(deps, await _reply(self.redis.hmget(results_key, deps)), strict=True)) if deps else {}
+        if known is not None:
+            specs = [spec for spec, _ in known]
+            results = {d: r for _, found in known for d, r in found.items()}
+        else:
+            _, specs_key, _, _, results_key, _ = wk.workflow_keys(wid)
+            specs = [json.loads(s) for s in await _reply(self.redis.hmget(specs_key, nodes))]
+            deps = sorted({d for spec in specs for d in spec["deps"]}, key=int)
+            results = dict(zip(deps, await _reply(self.redis.hmget(results_key, deps)), strict=True)) if deps else {}
         planned = [self._plan(wid, node, spec, results) for node, spec in zip(nodes, specs, strict=True)]
         new_queues = {p.result.queue for p in planned} - self._queues
         pipe = self.redis.pipeline(transaction=False)
@@ -139,8 +145,12 @@ class WorkflowEngine:
         workflow's state (``missing`` for an unknown workflow or node)."""
         reply = await _reply(self._complete(keys=wk.workflow_keys(wid),
                                             args=[node, result or b"", int(time.time()), wk.KEEP_FINISHED]))
-        state, ready = _text(reply[0]), [_text(n) for n in reply[1:]]
-        await self.enqueue_ready(wid, ready)
+        state, ready, known = _text(reply[0]), [], []
+        for node, spec, results in reply[1:]:
+            ready.append(_text(node))
+            spec = json.loads(spec)
+            known.append((spec, dict(zip(spec["deps"], results, strict=True))))
+        await self.enqueue_ready(wid, ready, known)
         if state == "succeeded":
             await _reply(self.redis.zrem(wk.INDEX, wid))
         return state

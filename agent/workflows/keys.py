@@ -49,8 +49,9 @@ end
 return 1
 """
 
-# Returns {workflow state, ready node...}: the successors now ready (also on a repeated
-# call, while they are still ready: a re-drive enqueues them again, idempotently).
+# Returns {workflow state, {node, spec, {dependency results}}...}: the successors now ready
+# (also on a repeated call, while they are still ready: a re-drive enqueues them again,
+# idempotently). ARGV[4]: seconds to keep a finished workflow.
 COMPLETE = """
 -- KEYS: meta nodes state remaining results errors; ARGV[1] node, ARGV[2] result, ARGV[3] now
 local st = redis.call("HGET", KEYS[3], ARGV[1])
@@ -76,9 +77,16 @@ if st ~= "succeeded" and st ~= "waiting" then
         redis.call("HSET", KEYS[1], "state", "running")
     end
 end
+-- each ready successor with its spec and the results of its dependencies (one round trip)
 local out = {redis.call("HGET", KEYS[1], "state")}
 for _, child in ipairs(spec["children"]) do
-    if redis.call("HGET", KEYS[3], child) == "ready" then table.insert(out, child) end
+    if redis.call("HGET", KEYS[3], child) == "ready" then
+        local child_spec = redis.call("HGET", KEYS[2], child)
+        local deps = cjson.decode(child_spec)["deps"]
+        local results = {}
+        if #deps > 0 then results = redis.call("HMGET", KEYS[5], unpack(deps)) end
+        table.insert(out, {child, child_spec, results})
+    end
 end
 return out
 """

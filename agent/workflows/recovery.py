@@ -10,6 +10,7 @@ deleted on success) completes the step with the task's result, ``archived`` fail
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ log = logging.getLogger("agent.workflows")
 
 LOCK = "rundown:workflows:sweep"
 BATCH = 200  #: workflows per sweep (the oldest first; the rest at the next sweep)
+ORPHAN_AFTER = 60.0  #: seconds after which an indexed workflow with no state is dropped
 
 
 class WorkflowRecovery(PeriodicLoop):
@@ -46,10 +48,13 @@ async def sweep(engine: WorkflowEngine, limit: int = BATCH) -> int:
     """One pass over the unfinished workflows; returns the steps it moved on."""
     redis = engine.redis
     moved = 0
-    for raw in await _reply(redis.zrange(wk.INDEX, 0, limit - 1)):
+    now = time.time()
+    for raw, created in await _reply(redis.zrange(wk.INDEX, 0, limit - 1, withscores=True)):
         wid = _text(raw)
         meta_key, specs_key, state_key, *_ = wk.workflow_keys(wid)
         state = await _reply(redis.hget(meta_key, "state"))
+        if state is None and now - created < ORPHAN_AFTER:
+            continue  # indexed a moment ago; its state is being written
         if state is None or _text(state) == "succeeded":
             await _reply(redis.zrem(wk.INDEX, wid))  # finished, or its keys expired
             continue
