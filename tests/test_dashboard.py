@@ -17,6 +17,7 @@ from agent.broker import keys
 from agent.server import create_app, parse_queues
 from agent.server.dashboard import Sampler, failures, search
 from bench.dashboard_seed import seed_tasks
+from tests.agentproc import wait_until
 from tests.test_server import ADMIN_KEY, CLIENT_KEY, WORKER_KEY, queues_doc
 
 with warnings.catch_warnings():
@@ -294,6 +295,9 @@ def test_overview_counts_and_rates(http, r, app):
     assert Q in app.state.dashboard_sampler.history  # sampled once at startup
     done, failed = asyncio.run(_rates(redis_url=r.connection_pool.connection_kwargs, r=r))
     assert done[-1] > 0 and failed[-1] == 0
+    r.sadd(keys.ALL_QUEUES, "from-go")  # a queue no queues file names: listed and sampled too
+    assert 'data-queue="from-go"' in http.get("/dashboard/?fragment=1").text
+    wait_until(lambda: "from-go" in app.state.dashboard_sampler.history, timeout=10, what="sampled")
 
 
 async def _rates(redis_url, r):

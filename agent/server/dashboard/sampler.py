@@ -25,6 +25,7 @@ log = logging.getLogger("server.dashboard")
 
 INTERVAL = 2.0
 POINTS = 300  #: 10 minutes at 2 s
+MAX_QUEUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,13 @@ class Sampler:
             await asyncio.sleep(self.interval)
 
     async def sample(self) -> None:
+        """One sample of every configured queue and every other queue in ``asynq:queues``
+        (a Go producer's, say), at most ``MAX_QUEUES`` of them."""
         names = list(self.queues())
+        known = set(names)
+        extra = sorted(q.decode(errors="replace") for q in await self.client.smembers(keys.ALL_QUEUES))
+        names += [q for q in extra if q not in known]
+        names = names[:MAX_QUEUES]
         if not names:
             return
         async with self.client.pipeline(transaction=False) as pipe:
