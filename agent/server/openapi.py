@@ -160,6 +160,30 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                      "description": "Seconds to wait for the task to finish (completed or archived)"}],
                 "responses": {"200": _json(_ref("Task"), "The task"), **_ERRORS,
                               "404": _json(_ref("Error"), "Not found")}}},
+            "/workflows": {"post": {
+                "operationId": "createWorkflow", "security": secured,
+                "summary": "Create a workflow: a chain, a group with then, or a task with depends_on",
+                "description": "Body: {\"chain\": [step, ...]}, {\"group\": [member, ...], \"then\": task} "
+                               "(steps and members are tasks or nested chains and groups), or a task with "
+                               "\"depends_on\": [task id, ...]; optional \"workflow_id\". A task: type, "
+                               "payload, queue, max_retry, timeout, deadline, process_in, retention, headers, "
+                               "pass_result. Each step after another gets \"previous\" (after one task) or "
+                               "\"results\" (after a group) added to its object payload.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {"201": _json({"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": {"type": "string"},
+                    "tasks": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "queue": {"type": "string"}}}}}}, "Created"),
+                    **_ERRORS, **_BODY_ERRORS, "404": _json(_ref("Error"), "Unknown queue or task"),
+                    "409": _json(_ref("Error"), "A workflow with this ID exists")}}},
+            "/workflows/{workflow_id}": {"get": {
+                "operationId": "getWorkflow", "summary": "A workflow and each step's state", "security": secured,
+                "parameters": [{"name": "workflow_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": {"enum": ["running", "failed", "succeeded"]},
+                    "total": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
+                    "steps": {"type": "array", "items": {"type": "object"}}}}, "The workflow"),
+                    **_ERRORS, "404": _json(_ref("Error"), "Not found")}}},
             "/queues": {"get": {
                 "operationId": "listQueues", "summary": "Stats of every queue", "security": secured,
                 "responses": {"200": _json({"type": "object", "properties": {
