@@ -209,6 +209,19 @@ def test_search_page_over_http_escapes_and_shows_the_meta(http, r):
     assert http.get("/dashboard/tasks?cursor=1.x").status_code == 400
 
 
+def test_task_page_shows_progress_headers_and_other_fields(http, r):
+    seed_tasks(r, Q, 1, "pending")
+    key = keys.task_key(Q, "t-00000000")
+    r.hset(key, mapping={"rundown_progress": b'{"progress": 0.4, "message": "page 4 of 10", "updated_at": 1}',
+                         "note": "<b>hi</b>"})
+    login(http, CLIENT_KEY)
+    page = http.get(f"/dashboard/task?queue={Q}&id=t-00000000").text
+    assert 'value="0.4"' in page and "40%" in page and "page 4 of 10" in page
+    assert "&lt;b&gt;hi&lt;/b&gt;" in page
+    r.hset(key, "rundown_progress", b"not json")  # not ours: not shown as progress, no error
+    assert "task-progress" not in http.get(f"/dashboard/task?queue={Q}&id=t-00000000").text
+
+
 def test_bad_data_from_a_peer_is_shown_not_fatal(http, r):
     seed_tasks(r, Q, 2, "archived", error=lambda i: "boom")
     r.zadd(keys.archived(Q), {"garbage": 1, "no-hash": 2})

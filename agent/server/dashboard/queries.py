@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from agent.broker import keys
 from agent.broker.messages import ServerInfo, WorkerInfo
+from agent.broker.progress import PROGRESS_FIELD, decode_progress
 from agent.inspect.inspector import TaskDetails, task_from_fields
 from agent.inspect.inspector import _source as inspector_script
 
@@ -138,8 +139,9 @@ async def agents(client: aioredis.Redis, now: float | None = None) -> list[Agent
     return sorted(rows, key=lambda a: (a.host, a.pid, a.id))
 
 
-async def find_task(client: aioredis.Redis, queue: str, task_id: str) -> tuple[TaskDetails, dict[str, str]] | None:
-    """A task and the extra fields of its hash (progress and the like), or None."""
+async def find_task(client: aioredis.Redis, queue: str, task_id: str) -> tuple[TaskDetails, dict[str, Any]] | None:
+    """A task and the extra fields of its hash (``progress``: the handler's last report, decoded;
+    any other field as text), or None."""
     script = client.register_script(inspector_script("get_task"))
     reply = await script(keys=[keys.task_key(queue, task_id), keys.lease(queue)],
                          args=[task_id, keys.queue_prefix(queue)])
@@ -152,8 +154,11 @@ async def find_task(client: aioredis.Redis, queue: str, task_id: str) -> tuple[T
                             score=score, lease=lease if state == "active" else None,
                             pending_since=fields.get("pending_since"),
                             group=(fields.get("group") or b"").decode(errors="replace"))
-    extra = {k: v.decode(errors="replace")[:2000] for k, v in fields.items()
-             if k not in ("msg", "state", "result", "pending_since", "group", "unique_key")}
+    progress = decode_progress(fields.pop(PROGRESS_FIELD, None))
+    extra: dict[str, Any] = {k: v.decode(errors="replace")[:2000] for k, v in fields.items()
+                             if k not in ("msg", "state", "result", "pending_since", "group", "unique_key")}
+    if progress is not None:
+        extra["progress"] = progress
     return task, extra
 
 
