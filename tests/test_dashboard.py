@@ -90,6 +90,9 @@ def test_actions_need_the_admin_key_and_the_csrf_token(http, r, redis_url):
     assert http.post("/dashboard/tasks/action", data=body).status_code == 403  # no token
     assert http.post("/dashboard/tasks/action", data=body, headers={"X-CSRF-Token": "0" * 32}).status_code == 403
     assert r.zcard(keys.archived(Q)) == 3 and r.llen(keys.pending(Q)) == 0
+    assert http.post("/dashboard/queues/emails/drop", headers={"X-CSRF-Token": token}).status_code == 404
+    assert http.post("/dashboard/queues/nope/pause", headers={"X-CSRF-Token": token}).status_code == 404
+    assert not r.exists(keys.paused(Q))
     assert http.post("/dashboard/queues/emails/pause", headers={"X-CSRF-Token": token}).status_code == 200
     assert r.exists(keys.paused(Q))
     http.cookies.clear()

@@ -249,7 +249,10 @@ async def pause_queue(request: Request) -> Response:
     queue = request.path_params["queue"]
     if queue not in await _queues(request):
         return page(request, "_message.html", status=404, message=f"unknown queue {queue!r}", error=True)
-    resume = request.path_params["verb"] == "unpause"
+    verb = request.path_params["verb"]
+    if verb not in ("pause", "unpause"):
+        return page(request, "_message.html", status=404, message=f"no such action {verb[:30]!r}", error=True)
+    resume = verb == "unpause"
     broker = _broker(request)
     await (broker.unpause(queue) if resume else broker.pause(queue))
     log.info("queue %s from the dashboard", "unpaused" if resume else "paused",
