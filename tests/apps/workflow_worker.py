@@ -8,7 +8,12 @@ import redis
 
 from task_sdk import SkipRetry, current_task, run, task
 
-_r = redis.Redis.from_url(os.environ["WF_REDIS_URL"])
+if os.environ.get("WF_CLUSTER"):  # a node of a Redis Cluster: follow its slots
+    from redis.cluster import RedisCluster
+
+    _r = RedisCluster.from_url(os.environ["WF_REDIS_URL"])
+else:
+    _r = redis.Redis.from_url(os.environ["WF_REDIS_URL"])
 AGENT_PID = os.getppid()  # at start-up: after a SIGKILL of the agent, getppid() is 1
 
 
