@@ -6,7 +6,7 @@ at once, later ones at most every ``INTERVAL`` seconds, each time the latest val
 handler may report from a tight loop: a call that is not written costs a lock, a clock read
 and a dict update (about a microsecond). A value still held when its interval ends is
 written by a small daemon thread, so the last report of a burst is never lost while the
-task runs; once the task has answered, the agent ignores it.
+task runs, and by ``finish()`` just before the task's answer when the task ends first.
 
 Standard library only; the thread starts on the first report that has to wait.
 """
@@ -87,6 +87,16 @@ class _Reporter:
         if last is None or now - last >= INTERVAL:
             self._send(channel, _line(task_id, value, text))
 
+    def finish(self, task_id: str) -> None:
+        """The task answers now: write its held report first (so its last value is not
+        lost behind the answer), then forget the task."""
+        with self.lock:
+            value = self.held.pop(task_id, None)
+            self.last_sent.pop(task_id, None)
+        channel = _channel_module._channel
+        if value is not None and channel is not None:
+            self._send(channel, _line(task_id, *value))
+
     def _prune(self, now: float) -> None:
         for task_id, sent in list(self.last_sent.items()):
             if now - sent >= INTERVAL and task_id not in self.held:
@@ -139,3 +149,11 @@ def report(task_id: str, fraction: object, message: object = None) -> None:
     a message that is not a string, so a mistake shows in the handler, not in the agent.
     """
     _reporter.report(task_id, fraction, message)
+
+
+def finish(task_id: str) -> None:
+    """Called as the task's answer is made: see ``_Reporter.finish``. Costs two attribute
+    reads when the task never reported progress."""
+    reporter = _reporter
+    if reporter.last_sent:
+        reporter.finish(task_id)

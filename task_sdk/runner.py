@@ -18,6 +18,7 @@ from . import batching, registry
 from .channel import PROTOCOL_VERSION, ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
+from .progress import finish as _progress_finish
 
 # typing, inspect, dataclasses, traceback and base64 are not imported at start: every child,
 # and every one_shot task, pays for its imports (traceback and base64 load when needed)
@@ -720,6 +721,7 @@ def _as_float(value: Any) -> float | None:
 
 
 def _success_line(task_id: str, result: Any) -> bytes:
+    _progress_finish(task_id)  # a progress report still held goes out before the answer
     try:
         encoded = json.dumps(result, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         data = encoded.encode("utf-8")
@@ -743,6 +745,7 @@ def _success_line(task_id: str, result: Any) -> bytes:
 def _failure_line(
     task_id: str, error: str, *, retry: bool, error_type: str, retry_in: float | None = None
 ) -> bytes:
+    _progress_finish(task_id)
     message: dict[str, Any] = {
         "task_id": task_id,
         "result": None,

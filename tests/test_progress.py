@@ -25,7 +25,7 @@ from agent.runtime.progress import ProgressBoard
 from agent.server import ServerThread, create_app, parse_queues
 from task_sdk import channel as sdk_channel
 from task_sdk import progress as sdk_progress
-from tests.agentproc import AgentProcess, local_config
+from tests.agentproc import AgentProcess, local_config, wait_until
 
 CLIENT_KEY = "client-key-0123456789"
 QUEUE = "prog"
@@ -126,6 +126,15 @@ def test_a_tight_loop_of_progress_calls_costs_little_and_sends_little(agent, cli
                        timeout=10).state == "completed"
 
 
+def test_the_last_report_of_a_handler_that_returns_at_once_is_kept(agent, client):
+    for _ in range(3):
+        info = client.enqueue("quick_finish", {}, queue=QUEUE, retention=60)
+        assert client.wait(QUEUE, info.id, timeout=20).state == "completed"
+        stored = wait_until(lambda i=info.id: client.get_task(QUEUE, i).progress, timeout=5,
+                            what="the progress written")
+        assert stored["progress"] == 1.0 and stored["message"] == "done"
+
+
 def test_a_bad_fraction_fails_the_task_naming_progress(agent, client):
     for fraction, why in ((1.5, "from 0 to 1, got 1.5"), ("half", "got str"), (None, "got NoneType")):
         info = client.enqueue("bad_progress", {"fraction": fraction}, queue=QUEUE, max_retry=0,
@@ -194,16 +203,17 @@ def test_progress_outside_the_agent_is_checked_and_otherwise_does_nothing(monkey
         sdk_progress.report("t1", True)
 
 
-def test_the_board_writes_only_active_tasks_and_never_recreates_a_hash(redis_url, r):
-    active, done, gone = (keys.task_key(QUEUE, t) for t in ("a", "b", "c"))
+def test_the_board_writes_only_active_or_completed_tasks_and_never_recreates_a_hash(redis_url, r):
+    active, retrying, gone, done = (keys.task_key(QUEUE, t) for t in ("a", "b", "c", "d"))
     r.hset(active, mapping={"state": "active", "msg": b"x"})
-    r.hset(done, mapping={"state": "completed", "msg": b"x"})
+    r.hset(retrying, mapping={"state": "retry", "msg": b"x"})
+    r.hset(done, mapping={"state": "completed", "msg": b"x"})  # its last report came with its answer
 
     async def scenario() -> ProgressBoard:
         client = aioredis.Redis.from_url(redis_url)
         board = ProgressBoard()
         board.attach(client, lambda task_id: task_id != "not-held")
-        for task_id in ("a", "b", "c", "not-held"):
+        for task_id in ("a", "b", "c", "d", "not-held"):
             board.report(task_id, QUEUE, 0.25, "first")
         board.report("a", QUEUE, 0.5, "second")  # coalesced with the first: one write
         while board._flushing is not None:
@@ -213,7 +223,8 @@ def test_the_board_writes_only_active_tasks_and_never_recreates_a_hash(redis_url
 
     board = asyncio.run(scenario())
     assert json.loads(r.hget(active, PROGRESS_FIELD))["message"] == "second"
-    assert r.hget(done, PROGRESS_FIELD) is None
+    assert r.hget(retrying, PROGRESS_FIELD) is None
+    assert json.loads(r.hget(done, PROGRESS_FIELD))["message"] == "first"
     assert not r.exists(gone)
     assert board.get("not-held") is None and board.get("a")["progress"] == 0.5
     assert r.hgetall(active).keys() == {b"state", b"msg", PROGRESS_FIELD.encode()}

@@ -14,10 +14,12 @@ import orjson
 
 PROGRESS_FIELD = "rundown_progress"
 
-#: Writes the progress of a task only while it is active (never recreates a deleted hash,
-#: never marks a task that finished or moved on). KEYS[1] task hash; ARGV[1] field, ARGV[2] JSON.
+#: Writes the progress of a task that is active, or completed (kept with retention: its last
+#: report may arrive with its answer); never recreates a deleted hash, never marks a task
+#: that is pending, scheduled, retried or archived. KEYS[1] task hash; ARGV[1] field, ARGV[2] JSON.
 WRITE_PROGRESS_LUA = """
-if redis.call("HGET", KEYS[1], "state") == "active" then
+local state = redis.call("HGET", KEYS[1], "state")
+if state == "active" or state == "completed" then
     redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
     return 1
 end

@@ -3,8 +3,9 @@ and written to the task's hash in Redis (``agent.broker.progress``).
 
 Children report progress already coalesced (task_sdk sends at most one line per task every
 50 ms); the board coalesces again across tasks: the reports of ``FLUSH_DELAY`` seconds go to
-Redis in one pipelined round trip, only the latest of each task, and only while the task is
-held by this agent and active in Redis. So a report is readable through Redis (HTTP
+Redis in one pipelined round trip, only the latest of each task, each one reported while this
+agent held the task, and written while the task is active (or completed, for the report that
+came with its answer) in Redis. So a report is readable through Redis (HTTP
 ``GET /tasks/{id}``, ``inspect task show``) within about 50 + 20 ms plus a round trip, and
 an agent that loses a task's lease stops writing its progress.
 """
@@ -68,10 +69,10 @@ class ProgressBoard:
         try:
             while self._dirty:
                 await asyncio.sleep(FLUSH_DELAY)
+                # Held when reported (checked in report()): a report that came with the
+                # task's answer is still written, to the completed task.
                 batch, self._dirty = self._dirty, {}
-                held = {t: e for t, e in batch.items() if self._is_held(t)}
-                if held:
-                    await self._write(held)
+                await self._write(batch)
                 for task_id in [t for t in self.latest if not self._is_held(t)]:
                     del self.latest[task_id]
         finally:

@@ -31,6 +31,16 @@ def tight(payload):
             "seconds": time.perf_counter() - wall}
 
 
+@task("quick_finish")
+def quick_finish(payload):
+    """Reports twice in a row and returns: the second report is still held by the child's
+    coalescing when the handler returns."""
+    ctx = current_task()
+    ctx.progress(0.5, "half")
+    ctx.progress(1.0, "done")
+    return {"ok": True}
+
+
 @task("bad_progress")
 def bad_progress(payload):
     current_task().progress(payload.get("fraction"))
