@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 #: (pairs, tasks per drain, backlog of the limited queue) of each mode of ``python -m bench``
-MODES = {"smoke": (1, 2_000, 2_000), "quick": (3, 20_000, 50_000), "full": (6, 50_000, 100_000)}
+MODES = {"smoke": (1, 500, 200), "quick": (3, 20_000, 50_000), "full": (6, 50_000, 100_000)}
 
 
 def paired(h: Harness, rounds: int, n: int, backlog: int = 100_000, echo=print) -> dict:

@@ -52,20 +52,23 @@ async def test_rate_gives_the_burst_then_one_token_per_interval(broker, r):
     assert len(tasks) == 1
 
 
-async def test_rate_over_many_fetches_never_exceeds_burst_plus_rate(broker):
-    flow = limit(broker, rate=parse_rate("100/s"))  # burst 5
+async def test_rate_over_many_fetches_never_exceeds_burst_plus_rate(broker, r):
+    flow = limit(broker, rate=parse_rate("100/s"))  # burst 2
     await enqueue(broker, 400)
-    starts: list[float] = []
-    end = time.monotonic() + 1.5
-    while time.monotonic() < end:
+    starts: list[float] = []  # Redis's clock, the one the limit is kept on
+    empty = 0
+    for _ in range(40):
         tasks, _ = await broker.dequeue(Q, count=50)
-        starts += [time.monotonic()] * len(tasks)
-        until = flow.next_unblock()
+        seconds, micros = r.time()
+        starts += [seconds + micros / 1e6] * len(tasks)
+        empty += not tasks
+        until = flow.next_unblock()  # asked again when the next token is due, not before
         await asyncio.sleep(max(0.0, (until or 0) - time.monotonic()))
-    # any 1 s window: at most burst + rate
+    # any 1 s window of Redis's clock: at most burst + rate; and a fetch made when the agent
+    # was told its next token is due always gets it (however late a loaded machine runs it)
     worst = max(sum(1 for s in starts if a <= s < a + 1.0) for a in starts)
-    assert worst <= 105
-    assert len(starts) >= 140  # it kept up: ~150 in 1.5 s
+    assert worst <= 102
+    assert empty == 0 and len(starts) >= 40
 
 
 async def test_max_running_counts_every_lease_of_the_queue(broker, r):
