@@ -35,11 +35,16 @@ FENCED = ("done", "mark_complete", "retry", "archive", "requeue", "done_many", "
 FENCED_SUFFIX = "+fenced"
 
 
+#: Scripts that start with the text of others (functions they use).
+INCLUDES = {"dequeue_flow": ("flow_message",)}
+
+
 @cache
 def source(name: str) -> str:
     if name.endswith(FENCED_SUFFIX):
         return source("lease_fence") + "\n" + source(name.removesuffix(FENCED_SUFFIX))
-    return resources.files("agent.broker").joinpath("lua", f"{name}.lua").read_text()
+    text = resources.files("agent.broker").joinpath("lua", f"{name}.lua").read_text()
+    return "\n".join([*(source(part) for part in INCLUDES.get(name, ())), text])
 
 
 class Scripts:
