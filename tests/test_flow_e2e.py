@@ -250,6 +250,6 @@ def test_a_throttled_queue_is_not_polled(tmp_path, redis_url):
                   if line.startswith("rundown_flow_throttled_fetches_total{"))
     print(f"\n2/s for {seconds:.1f}s: {started} started, {fetches:.0f} throttled fetches in all, "
           f"agent CPU {cpu:.2f}s")
-    assert 6 <= started <= 11
+    assert 4 <= started <= 11  # 2/s for 4 s, burst 2 (fewer if a loaded machine delays a fetch)
     assert fetches <= 40  # about one per token (a loop would make thousands)
     assert cpu < 0.5 * seconds / 4  # under an eighth of a core
