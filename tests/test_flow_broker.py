@@ -296,3 +296,21 @@ async def test_many_keys_each_get_a_turn(broker, r):
     assert sorted(got) == sorted(f"K{i}-0" for i in range(2000))
     assert (await broker.dequeue(Q, count=100))[0] == []
     assert broker.flow.state[Q].reason == "key"
+
+
+async def test_limits_changed_while_tasks_wait(broker, r):
+    """Agents restarted with other limits: a lane of a type no longer rated, or of keys no
+    longer limited, still gives its tasks; none is lost or taken twice."""
+    limit(broker, key_max_running=1, types={"slow": TypeLimit(parse_rate("1/m"))})
+    await enqueue(broker, 4, key="A", task_type="slow", prefix="S")
+    await enqueue(broker, 4, key="A", task_type="fast", prefix="F")
+    first = [t.id for t in (await broker.dequeue(Q, count=10))[0]]
+    assert len(first) == 1
+    limit(broker, key_max_running=5)  # the type rate is gone, the key limit raised
+    second = [t.id for t in (await broker.dequeue(Q, count=10))[0]]
+    limit(broker, max_running=100)  # no lanes at all: the plain dequeue of the same list
+    third = [t.id for t in (await broker.dequeue(Q, count=10))[0]]
+    taken = first + second + third
+    assert sorted(taken) == sorted([f"S{i}" for i in range(4)] + [f"F{i}" for i in range(4)])
+    assert len(second) == 4  # key A: 5 at most, 1 already running
+    assert r.llen(keys.pending(Q)) == 0

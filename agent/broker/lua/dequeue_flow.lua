@@ -230,7 +230,7 @@ else
             note(-1, "key")
         end
         local ts = nil
-        if open and typ ~= "" then
+        if open and typ ~= "" and types[typ] then  -- (a lane of a type no longer rated: no limit)
             ts = type_state[typ]
             if not ts then
                 local spec = types[typ]
