@@ -314,3 +314,11 @@ async def test_limits_changed_while_tasks_wait(broker, r):
     assert sorted(taken) == sorted([f"S{i}" for i in range(4)] + [f"F{i}" for i in range(4)])
     assert len(second) == 4  # key A: 5 at most, 1 already running
     assert r.llen(keys.pending(Q)) == 0
+
+
+async def test_a_key_with_a_nul_character_is_its_own_key(broker):
+    limit(broker, key_max_running=1, types={"t": TypeLimit(parse_rate("1000/s"))})
+    await enqueue(broker, 2, key="a\0b", prefix="X")
+    await enqueue(broker, 2, key="a", prefix="Y")
+    tasks, _ = await broker.dequeue(Q, count=10)
+    assert sorted(t.id for t in tasks) == ["X0", "Y0"]

@@ -222,7 +222,12 @@ else
         local lane = redis.call("RPOP", ring)
         if not lane then break end
         visits = visits + 1
-        local cut = string.find(lane, "\0", 1, true)
+        local cut, at = nil, 0  -- the last NUL: a type has none, a key might
+        repeat
+            at = string.find(lane, "\0", at + 1, true)
+            if at then cut = at end
+        until not at
+        cut = cut or #lane + 1
         local key, typ = string.sub(lane, 1, cut - 1), string.sub(lane, cut + 1)
         local open = true
         if kmax > 0 and key ~= "" and key_running(key) >= kmax then
