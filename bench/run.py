@@ -257,7 +257,8 @@ class Suite:
         from bench import workflows
 
         reps = {"smoke": 1, "quick": 3}.get(self.args.mode, 5)
-        out = self.runs["workflows"] = workflows.run(self.h, reps)
+        steps = 20 if self.args.mode == "smoke" else workflows.STEPS
+        out = self.runs["workflows"] = workflows.run(self.h, reps, steps)
         s, e = out["successor_enqueue"], out["end_to_end"]
         print(f"   successor enqueue {s['successor_enqueue_us_p50']} us vs plain enqueue "
               f"{s['plain_enqueue_us_p50']} us ({s['ratio']}x); through the agent "

@@ -25,7 +25,7 @@ from pathlib import Path
 STEPS = 100
 
 
-async def _successor_costs(url: str, reps: int) -> dict:
+async def _successor_costs(url: str, reps: int, steps: int = STEPS) -> dict:
     import redis.asyncio as aioredis
 
     from agent.client import AsyncClient, sig
@@ -33,30 +33,30 @@ async def _successor_costs(url: str, reps: int) -> dict:
 
     client = aioredis.from_url(url)
     engine = WorkflowEngine(client)
-    steps: list[float] = []
+    costs: list[float] = []
     plain: list[float] = []
     async with AsyncClient(url) as producer:
         await producer.enqueue("noop", {"warm": 1}, queue="wfbench-plain")  # connections, scripts
         for _ in range(reps):
-            info = await producer.chain([sig("noop", {"i": i}, queue="wfbench") for i in range(STEPS)])
-            for i in range(STEPS):
+            info = await producer.chain([sig("noop", {"i": i}, queue="wfbench") for i in range(steps)])
+            for i in range(steps):
                 t0 = time.perf_counter()
                 await engine.completed(info.id, str(i), b'{"ok":true}')
-                steps.append(time.perf_counter() - t0)
-            for i in range(STEPS):
+                costs.append(time.perf_counter() - t0)
+            for i in range(steps):
                 t0 = time.perf_counter()
                 await producer.enqueue("noop", {"i": i, "previous": {"ok": True}}, queue="wfbench-plain",
                                        retention=86400)
                 plain.append(time.perf_counter() - t0)
     await client.flushall()
     await client.aclose()
-    step_us, plain_us = statistics.median(steps) * 1e6, statistics.median(plain) * 1e6
-    return {"steps": STEPS, "reps": reps, "successor_enqueue_us_p50": round(step_us),
+    step_us, plain_us = statistics.median(costs) * 1e6, statistics.median(plain) * 1e6
+    return {"steps": steps, "reps": reps, "successor_enqueue_us_p50": round(step_us),
             "plain_enqueue_us_p50": round(plain_us), "ratio": round(step_us / plain_us, 2),
-            "successor_enqueue_us_p99": round(sorted(steps)[int(len(steps) * 0.99)] * 1e6)}
+            "successor_enqueue_us_p99": round(sorted(costs)[int(len(costs) * 0.99)] * 1e6)}
 
 
-def _end_to_end(h, reps: int) -> dict:
+def _end_to_end(h, reps: int, steps: int = STEPS) -> dict:
     from agent.client import Client, sig
     from bench.agent_runs import SHORT_TASK, AgentSetup, AgentUnderTest
 
@@ -68,14 +68,14 @@ def _end_to_end(h, reps: int) -> dict:
         with Client(h.redis_url) as client:
             def run_chain() -> float:
                 t0 = time.perf_counter()
-                info = client.chain([sig("noop", queue="wfbench") for _ in range(STEPS)])
+                info = client.chain([sig("noop", queue="wfbench") for _ in range(steps)])
                 last = info.task_ids[-1]
                 client.wait("wfbench", last, timeout=120, poll=0.001)
                 return time.perf_counter() - t0
 
             def run_plain() -> float:
                 t0 = time.perf_counter()
-                for _ in range(STEPS):
+                for _ in range(steps):
                     info = client.enqueue("noop", queue="wfbench", retention=600)
                     client.wait("wfbench", info.id, timeout=30, poll=0.001)
                 return time.perf_counter() - t0
@@ -86,21 +86,22 @@ def _end_to_end(h, reps: int) -> dict:
                 plain_s.append(run_plain())
     finally:
         agent.stop()
-    chain_ms = statistics.median(chain_s) / STEPS * 1e3
-    plain_ms = statistics.median(plain_s) / STEPS * 1e3
-    return {"steps": STEPS, "reps": reps, "config": agent.setup.label(),
+    chain_ms = statistics.median(chain_s) / steps * 1e3
+    plain_ms = statistics.median(plain_s) / steps * 1e3
+    return {"steps": steps, "reps": reps, "config": agent.setup.label(),
             "chain_ms_per_step": round(chain_ms, 2), "plain_ms_per_task": round(plain_ms, 2),
             "overhead_ms_per_step": round(chain_ms - plain_ms, 2)}
 
 
-def run(h, reps: int) -> dict:
-    """Both measurements on the harness's Redis (flushed before and after)."""
+def run(h, reps: int, steps: int = STEPS) -> dict:
+    """Both measurements on the harness's Redis (flushed before and after); ``steps``: the
+    chain's length (100; fewer for a smoke run)."""
     r = h.redis()
     r.flushall()
     try:
-        out = {"successor_enqueue": asyncio.run(_successor_costs(h.redis_url, reps))}
+        out = {"successor_enqueue": asyncio.run(_successor_costs(h.redis_url, reps, steps))}
         r.flushall()
-        out["end_to_end"] = _end_to_end(h, reps)
+        out["end_to_end"] = _end_to_end(h, reps, steps)
         return out
     finally:
         r.flushall()

@@ -9,6 +9,8 @@ deleted on success) completes the step with the task's result, ``archived`` fail
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -29,7 +31,7 @@ ORPHAN_AFTER = 60.0  #: seconds after which an indexed workflow with no state is
 class WorkflowRecovery(PeriodicLoop):
     name = "workflow-recovery"
     interval = 1.0
-    tick_timeout = 30.0
+    tick_timeout = 10.0
 
     def __init__(self, redis: Any) -> None:
         super().__init__()
@@ -37,6 +39,15 @@ class WorkflowRecovery(PeriodicLoop):
         self.redis = redis
         self.token = str(uuid.uuid4())
         self.recovered = 0
+
+    async def stop(self) -> None:
+        """At once, even mid-sweep: every move is an atomic script, and the next sweep (by any
+        agent) takes up whatever this one left."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
     async def tick(self) -> None:
         if not await self.redis.set(LOCK, self.token, nx=True, px=int(self.interval * 900)):
