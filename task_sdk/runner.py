@@ -14,7 +14,7 @@ import time
 from collections import namedtuple
 from collections.abc import Awaitable
 
-from . import batching, registry
+from . import batching, mixed, registry
 from .channel import PROTOCOL_VERSION, ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
@@ -178,6 +178,7 @@ class _Server:
         self._held_since = 0.0
         self._watchdog: _HeldAnswerWatchdog | None = None
         self._slow: set[Any] = set()  # inline mode: handlers whose last run was slow
+        self._inline_async: mixed.InlineAsync | None = None  # inline mode: async handlers
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -482,6 +483,9 @@ class _Server:
     def _failure_for(self, task_id: str, ctx: TaskContext, started_at: float,
                      exc: Exception) -> bytes:
         """The answer for a handler that raised: timeout, SkipRetry, RetryAfter or an error."""
+        if isinstance(exc, mixed.Cancelled):
+            return _failure_line(task_id, "cancelled: the agent cancelled this task", retry=True,
+                                 error_type="Cancelled")
         if isinstance(exc, TimeoutError) and getattr(exc, "_task_sdk_deadline", False):
             return _failure_line(
                 task_id, _deadline_text(ctx, started_at), retry=True, error_type="Timeout"
@@ -497,12 +501,13 @@ class _Server:
     # -- inline mode: sync handlers only, one thread ---------------------------------------
 
     def _inline_possible(self) -> bool:
-        """With only sync handlers and one handler thread, a plain read-handle-write loop on
-        this thread does the same work as the event loop + thread pool, several times
-        cheaper per task (no thread hand-offs, no loop wake-ups)."""
+        """With one handler thread and any sync handler (one handler at a time, async ones
+        included: mixed.py), a plain read-handle-write loop on this thread does the same work
+        as the event loop + thread pool, several times cheaper per task (no thread
+        hand-offs, no loop wake-ups)."""
         assert self.settings is not None
-        return self.settings.sync_threads == 1 and not any(
-            h.is_async for h in registry.handlers().values())
+        return self.settings.sync_threads == 1 and any(
+            not h.is_async for h in registry.handlers().values())
 
     def _serve_inline(self) -> None:
         """Read, run, answer. While more requests are already waiting and handlers are
@@ -590,8 +595,10 @@ class _Server:
                 result = func(payload, ctx=self.ctx)
             else:
                 result = func(payload)
-            if isinstance(result, Awaitable):  # a sync function that returned a coroutine
-                result = _run_coroutine(result)
+            if isinstance(result, Awaitable):  # an async handler (mixed child), or a coroutine
+                if self._inline_async is None:
+                    self._inline_async = mixed.InlineAsync(self.channel)
+                result = self._inline_async.run(task_id, result, ctx.deadline)
         except Exception as exc:
             return self._failure_for(task_id, ctx, started_at, exc)
         finally:

@@ -287,7 +287,9 @@ def test_payload_forms(children):
 
 
 def test_task_context_in_sync_and_async_handlers(children):
-    child = children()
+    # two threads: the thread pool path (with one, this mixed child runs its handlers inline
+    # on the main thread: tests/test_mixed_child.py)
+    child = children(RUNDOWN_SYNC_THREADS="2")
     child.ready()
     info = child.ask(
         "context",
@@ -381,7 +383,7 @@ def test_cancel_message_cancels_an_async_handler(children):
 
 
 def test_cancel_cannot_interrupt_a_sync_handler(children):
-    child = children()
+    child = children(RUNDOWN_SYNC_THREADS="2")  # the thread pool path, as above
     child.ready()
     child.send({"task_id": "sync", "type": "sleep_sync", "payload": {"seconds": 0.3}})
     time.sleep(0.1)
