@@ -23,6 +23,8 @@ def targets(runs: dict, check) -> None:
     go = _get(runs, "go_producer", "median_go_over_ours")
     if go is not None:
         check("Go-default producer drain / our client's (|1 - ratio|)", round(abs(1 - go), 3), 0.1, "<=")
+    check("mixed child: sync no-op / sync-only child", _get(runs, "mixed", "mixed_sync_over_sync_only"), 0.9, ">=")
+    check("mixed child: async no-op / sync-only child", _get(runs, "mixed", "mixed_async_over_sync_only"), 0.75, ">=")
     fleet = runs.get("fleet") or {}
     ratio = _get(fleet, "redis_cpu_per_task_32_over_1")
     if ratio is not None:
@@ -51,6 +53,15 @@ def lines(runs: dict) -> list[str]:
                                for g, o in zip(go["go"], go["ours"], strict=False))
                    + f"; median Go / ours {go.get('median_go_over_ours')}; message bytes identical to "
                    f"our client's: {msg.get('same_bytes')}")
+    mixed = runs.get("mixed") or {}
+    if mixed.get("sync_only"):
+        out.append(f"mixed child ({mixed['n']:,} no-op tasks, {mixed['rounds']} round(s), {mixed.get('config')}): "
+                   + "; ".join(f"sync-only {_n(o['tasks_per_s'])}/s, mixed sync {_n(s['tasks_per_s'])}/s, "
+                               f"mixed async {_n(a['tasks_per_s'])}/s"
+                               for o, s, a in zip(mixed["sync_only"], mixed["mixed_sync"], mixed["mixed_async"],
+                                                  strict=False))
+                   + f"; medians: sync {mixed.get('mixed_sync_over_sync_only')}, "
+                   f"async {mixed.get('mixed_async_over_sync_only')} of the sync-only child")
     return out
 
 

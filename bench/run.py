@@ -37,6 +37,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 SYNC_APP = "python noop_sync_worker.py"
 ASYNC_APP = "python noop_worker.py"
+MIXED_APP = "python mixed_worker.py"  # sync and async handlers in one module
 
 # Agent configurations (AgentSetup fields); every result records its configuration, and
 # every printed row says it (processes, threads, async_limit, prefetch, concurrency).
@@ -65,20 +66,20 @@ REALISTIC = {
 SIZES = {
     # CI: proves every section still runs; the figures mean little
     "smoke": dict(single=300, defaults=2_000, short=5_000, latency=50, idle=1.0, floor=5_000, peers=0,
-                  pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, go=2_000, go_pairs=1, startup_reps=3,
+                  pending=5_000, queues50=5_000, big=100, one_shot=20, one_shot_fork=100, go=2_000, go_pairs=1, mixed=2_000, mixed_rounds=1, startup_reps=3,
                   fleet=dict(counts=(1, 2), n=500, idle_s=1.0, busy_s=1.0, latency_rate=50, latency_s=1.0),
                   short_reps=1, reference=2_000,
                   realistic=dict(sync_10ms_16=100, sync_10ms_128=300, async_50ms_16=50, async_50ms_128=300)),
     # a few minutes on a 2-core machine (plus the peers' virtualenv on the first run)
     "quick": dict(single=3_000, defaults=20_000, short=60_000, latency=60, idle=3.0, floor=60_000,
-                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000, go=30_000, go_pairs=2,
+                  peers=10_000, pending=200_000, queues50=60_000, big=2_000, one_shot=100, one_shot_fork=2_000, go=30_000, go_pairs=2, mixed=30_000, mixed_rounds=1,
                   fleet=dict(counts=(1, 8), n=10_000, idle_s=3.0, busy_s=3.0, latency_rate=200, latency_s=3.0),
                   startup_reps=5, short_reps=1, reference=50_000,
                   realistic=dict(sync_10ms_16=1_500, sync_10ms_128=4_000, async_50ms_16=500,
                                  async_50ms_128=3_000)),
     # the README figures
     "full": dict(single=10_000, defaults=100_000, short=300_000, latency=200, idle=10.0, floor=300_000,
-                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000, go=100_000, go_pairs=3,
+                 peers=50_000, pending=1_000_000, queues50=300_000, big=10_000, one_shot=500, one_shot_fork=6_000, go=100_000, go_pairs=3, mixed=100_000, mixed_rounds=2,
                  fleet=dict(counts=(1, 8, 16, 32), n=40_000, idle_s=5.0, busy_s=5.0, latency_rate=200,
                             latency_s=5.0),
                  startup_reps=10, short_reps=3, reference=150_000,
@@ -86,7 +87,7 @@ SIZES = {
                                 async_50ms_128=6_000)),
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
-            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet",
+            "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet", "mixed",
             "micro", "profile", "batching", "dashboard", "flow", "workflows")
 
 
@@ -381,6 +382,26 @@ class Suite:
             "go_over_ours": [round(r, 3) for r in ratios],
             "median_go_over_ours": round(ratios[len(ratios) // 2], 3) if ratios else None,
         }
+
+    def mixed(self) -> None:
+        """A child with sync and async handlers against a sync-only child, short-task
+        configuration, in rounds (sync-only, mixed sync, mixed async): the ratios of each round
+        and their medians (issue 20: sync >= 0.9, async >= 0.75 of the sync-only child)."""
+        n, rounds = self.sizes["mixed"], self.sizes["mixed_rounds"]
+        runs: dict[str, list[dict]] = {"sync_only": [], "mixed_sync": [], "mixed_async": []}
+        for _ in range(rounds):
+            for name, app, task in (("sync_only", SYNC_APP, "noop"), ("mixed_sync", MIXED_APP, "noop"),
+                                    ("mixed_async", MIXED_APP, "noop_async")):
+                result, _ = self._drain(f"mixed-{name}", n, app=app, task_type=task)
+                runs[name].append(result)
+        out: dict = {"n": n, "rounds": rounds, "config": runs["sync_only"][0]["config"]}
+        for name in runs:
+            out[name] = [_drain_summary(r) for r in runs[name]]
+        for name in ("mixed_sync", "mixed_async"):
+            ratios = sorted(m["tasks_per_s"] / o["tasks_per_s"] for m, o in zip(runs[name], runs["sync_only"], strict=True)
+                            if m.get("tasks_per_s") and o.get("tasks_per_s"))
+            out[f"{name}_over_sync_only"] = round(ratios[len(ratios) // 2], 3) if ratios else None
+        self.runs["mixed"] = out
 
     def fleet(self) -> None:
         """1, 8, 16 and 32 agents on one Redis (bench/fleet.py)."""

@@ -19,7 +19,7 @@ def test_benchmark_suite_smoke_run(tmp_path):
     results = json.loads(out.read_text())
     assert not results["errors"], results["errors"]
     for section in ("drain_short", "drain_async", "realistic", "floor", "enqueue", "one_shot", "go_producer",
-                    "fleet"):
+                    "fleet", "mixed"):
         assert section in results["runs"], section
     drain = results["runs"]["drain_short"]
     assert drain["tasks_per_s"] > 0 and drain["n"] > 0
@@ -30,6 +30,7 @@ def test_benchmark_suite_smoke_run(tmp_path):
         assert case["agent"]["tasks_per_s"] > 0 and case["agent"]["efficiency"] > 0
     assert results["runs"]["one_shot"]["exec"]["tasks_per_s"] > 0  # fork and exec, same run
     assert results["runs"]["go_producer"]["message"]["same_bytes"]
+    assert results["runs"]["mixed"]["mixed_async_over_sync_only"] > 0
     assert [row["agents"] for row in results["runs"]["fleet"]["rows"]] == [1, 2]
     assert all(row["tasks_per_s"] > 0 and row["latency_samples"] > 0 for row in results["runs"]["fleet"]["rows"])
     assert "Traceback" not in run.stdout + run.stderr
