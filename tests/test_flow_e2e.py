@@ -253,3 +253,53 @@ def test_a_throttled_queue_is_not_polled(tmp_path, redis_url):
     assert 4 <= started <= 11  # 2/s for 4 s, burst 2 (fewer if a loaded machine delays a fetch)
     assert fetches <= 40  # about one per token (a loop would make thousands)
     assert cpu < 0.5 * seconds / 4  # under an eighth of a core
+
+
+def test_server_mode_agents_enforce_the_queues_file_limits(tmp_path, redis_url):
+    """rundown-server's queues file sets max_running 2 on a queue; two agents registered for it
+    (4 slots each) never run more than 2 of its tasks together, and /status shows the limits."""
+    import shutil
+    import subprocess as sp
+
+    import yaml
+
+    from agent.local_redis import free_port
+    from agent.server import ServerThread, create_app, parse_queues
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(APPS / "flow_worker.py", repo / "flow_worker.py")
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "tasks"]):
+        sp.run(["git", *args], cwd=repo, env=git_env, check=True, capture_output=True)
+    record = tmp_path / "record.jsonl"
+    key = "worker-key-0123456789abcdef"
+    doc = {"api_keys": [{"name": "agents", "key": key, "role": "worker"}],
+           "queues": {Q: {"max_running": 2, "rate": "100/s",
+                          "deployment": {"git_url": repo.as_uri(), "branch": "main",
+                                         "startup_cmd": "python flow_worker.py",
+                                         "env_vars": {"RECORD_FILE": str(record)}}}}}
+    agents = []
+    with ServerThread(create_app(parse_queues(doc, redis_url=redis_url))) as server:
+        for i in range(2):
+            port = free_port()
+            config = tmp_path / f"agent{i}.yml"
+            config.write_text(yaml.safe_dump({
+                "server": {"url": server.url, "api_key": key}, "worker": {"queues": [Q], "concurrency": 4},
+                "deployment": {"dir": str(tmp_path / f"deployments{i}"), "venv": "none"},
+                "ops": {"listen": f"127.0.0.1:{port}"}, "logging": {"format": "json"}}))
+            agents.append(spawn_agent(config, port, tmp_path / f"agent{i}.log"))
+        try:
+            for agent in agents:
+                agent.wait_ready(120)
+            enqueue(redis_url, [("sleep", {"seconds": 0.5}, {"queue": Q}) for _ in range(8)])
+            wait_until(lambda: sum(x["ev"] == "end" for x in records(record)) >= 8, timeout=60, what="8 tasks")
+            flows = [a.get("/status").json()["queues"][Q]["flow"] for a in agents]
+        finally:
+            stop_all(agents)
+    most = overlap(intervals(records(record)))
+    print(f"\nserver mode, max_running 2 from the queues file, 2 agents x 4 slots: most running {most}")
+    assert most == 2
+    assert all(f["max_running"] == 2 and f["rate"] == "100/s" for f in flows)
+    assert len({x["pid"] for x in records(record)}) >= 2
