@@ -86,9 +86,21 @@ class ScheduleEntry:
         return int(_cron(self.cron, start).get_prev(float))
 
     def interval_hint(self, now: float) -> int:
-        """Seconds between the next two ticks (for key lifetimes)."""
-        first = self.next_tick(now)
-        return max(1, self.next_tick(first) - first)
+        """Seconds between two ticks, as first seen (only for key lifetimes: computed once)."""
+        return self.every if self.every is not None else _cron_interval(self.cron, self.timezone, int(now))
+
+
+_INTERVALS: dict[tuple[str, str], int] = {}
+
+
+def _cron_interval(spec: str, timezone: str, now: int) -> int:
+    key = (spec, timezone)
+    if key not in _INTERVALS:
+        zone = ZoneInfo(timezone)
+        it = _cron(spec, datetime.fromtimestamp(now, zone))
+        first = it.get_next(float)
+        _INTERVALS[key] = max(1, int(it.get_next(float) - first))
+    return _INTERVALS[key]
 
 
 def _cron(spec: str, start: datetime) -> croniter:
