@@ -303,3 +303,21 @@ def test_server_mode_agents_enforce_the_queues_file_limits(tmp_path, redis_url):
     assert most == 2
     assert all(f["max_running"] == 2 and f["rate"] == "100/s" for f in flows)
     assert len({x["pid"] for x in records(record)}) >= 2
+
+
+def test_an_agent_held_by_a_slow_rate_stays_ready(tmp_path, redis_url):
+    """A queue at 2/m waits 30 s between tokens: the agent is held by its limit, not broken, so
+    /readyz stays 200 past the 10 s that a failing dequeue would be allowed."""
+    record = tmp_path / "record.jsonl"
+    enqueue(redis_url, [("noop", {}, {"queue": Q}) for _ in range(10)])
+    agent = start_agents(tmp_path, redis_url, {"name": Q, "rate": "2/m"}, 1, record)[0]
+    try:
+        wait_until(lambda: len(records(record)) >= 2, timeout=20, what="the burst of 2")
+        time.sleep(12.0)
+        ready = agent.get("/readyz")
+        flow = agent.get("/status").json()["queues"][Q]["flow"]
+    finally:
+        stop_all([agent])
+    assert len(records(record)) == 2  # the third token is due 30 s after the first
+    assert ready.status_code == 200, ready.text
+    assert flow["throttled"] == "rate" and flow["tokens"] == 0

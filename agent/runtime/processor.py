@@ -200,6 +200,10 @@ class Processor:
         if time.monotonic() - self._paused_checked > 1.0:
             await self._refresh_paused()
         queues = self.eligible()
+        if not queues and self.flow is not None and self.flow.blocked:
+            # held by a flow limit (a token not yet due), which a dequeue just told us: the
+            # agent is waiting on purpose, not failing to dequeue (readiness)
+            self.last_dequeue_ok = time.monotonic()
         self._no_fetch.clear()
         try:
             took = await self._fetch(queues, free) if queues else 0
