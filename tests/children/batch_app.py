@@ -1,6 +1,6 @@
 """A deployed-code stand-in with batched handlers (task_sdk/batching.py).
 
-``embed``: sync, batch 32, max_wait 10 ms; each payload {"n": int} gives {"n", "size"} (the
+``embed``: sync, batch 32, max_wait 10 ms (``embed_full``: max_wait 5 s, ``embed_wait``: 0.3 s); each payload {"n": int} gives {"n", "size"} (the
 size of the batch it ran in); "fail": true returns an ItemError for that item, "skip": true a
 SkipRetry, "crash": true kills the child with os._exit (after BATCH_LOG, if set, records the
 batch's ids); with HANG_ONCE (a path) set, the first batch writes it and hangs. ``aembed``: the same, async. ``slow``: sleeps payload["sleep"] seconds.
@@ -47,6 +47,17 @@ def _answer(payloads, ctx):
 
 @task("embed", batch=32, max_wait=0.01)
 def embed(payloads, ctx):
+    return _answer(payloads, ctx)
+
+
+@task("embed_full", batch=32, max_wait=5.0)
+def embed_full(payloads, ctx):
+    """``embed`` that waits up to 5 s for 32 tasks: a full batch whatever the machine's load."""
+    return _answer(payloads, ctx)
+
+
+@task("embed_wait", batch=32, max_wait=0.3)
+def embed_wait(payloads, ctx):
     return _answer(payloads, ctx)
 
 
