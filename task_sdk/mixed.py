@@ -34,6 +34,8 @@ class InlineAsync:
         self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         self._task: asyncio.Task[Any] | None = None
         self._task_id = ""
+        # watched for the child's life: the callback runs only while a handler runs the loop
+        self.loop.add_reader(channel._read_fd, self._readable)
 
     def run(self, task_id: str, coro: Any, deadline: float | None) -> Any:
         """The coroutine's value (its exception raised), cancelled at ``deadline``."""
@@ -43,14 +45,11 @@ class InlineAsync:
 
         self._task_id = task_id
         self._task = self.loop.create_task(_with_deadline(coro, deadline))
-        fd = self.channel._read_fd
-        self.loop.add_reader(fd, self._readable)
         try:
             return self.loop.run_until_complete(self._task)
         except asyncio.CancelledError:
             raise Cancelled(task_id) from None
         finally:
-            self.loop.remove_reader(fd)
             self._task = None
 
     def _readable(self) -> None:
