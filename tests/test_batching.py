@@ -352,3 +352,46 @@ async def test_withdrawing_from_a_full_batch_that_waits_for_a_slot_loses_no_othe
     outcomes = await asyncio.wait_for(asyncio.gather(running[0], *due[1:], forming[0]), 10)
     assert [json.loads(o.result)["n"] for o in outcomes] == [0, 2, 3, 4, 5]
     assert not due[0].done() and pool.batches.held == 0
+
+
+async def test_a_batched_pool_leaves_other_pools_their_share_of_concurrency(redis_url, r):
+    """Two deployments, one with batched code: the batched pool's free slot takes 32 tasks
+    but one handler, so the other pool still gets worker.concurrency's other handler."""
+    import redis.asyncio as aioredis
+
+    from agent.broker import Broker, keys
+    from agent.runtime.leases import LeaseKeeper
+    from agent.runtime.processor import Processor
+    from agent.runtime.wakeup import QueueWaiters, WorkSignal
+    from agent.supervisor import create_pool
+    from tests.test_processor import wait_for
+
+    capacity = Capacity(2)
+    batched = LongRunningPool(spec(queue="batched"), 1, FAST_RESTART, capacity=capacity)
+    plain_spec = ChildSpec(argv=[sys.executable, str(CHILDREN / "sdk_app.py")], cwd=CHILDREN,
+                           env=build_child_env({}, {}, None), startup_timeout=10.0, queue="plain")
+    plain = create_pool(plain_spec, capacity=capacity)
+    client = aioredis.Redis.from_url(redis_url)
+    broker, work = Broker(client), WorkSignal()
+    waiters = QueueWaiters(aioredis.Redis.from_url(redis_url), work)
+    leases = LeaseKeeper(redis.Redis.from_url(redis_url), interval=0.2)
+    pools = {"batched": batched, "plain": plain}
+    processor = Processor(broker, {"batched": 1, "plain": 1}, concurrency=2, capacity=capacity,
+                          executor_for=pools.__getitem__, leases=leases, signal=work, waiters=waiters)
+    await asyncio.gather(batched.start(), plain.start())
+    leases.start()
+    run = asyncio.create_task(processor.run())
+    try:
+        from agent.broker.options import EnqueueOptions
+
+        await broker.enqueue_many([("echo", json.dumps({"n": i}).encode(), EnqueueOptions(queue="plain"))
+                                   for i in range(10)])
+        await wait_for(lambda: r.get(keys.processed_total("plain")) == b"10", timeout=10)
+    finally:
+        await processor.drain(2.0)
+        await run
+        await waiters.stop()
+        leases.stop()
+        await asyncio.gather(batched.stop(grace=1.0), plain.stop(grace=1.0))
+        await waiters.client.aclose()
+        await broker.close()

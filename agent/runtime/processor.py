@@ -158,7 +158,8 @@ class Processor:
                 n = self.concurrency - len(self.in_flight)
             else:
                 n = placeable(max(room, 0))
-                room -= n
+                handlers_for = getattr(executor, "handlers_for", None)  # batches: n tasks, fewer handlers
+                room -= n if handlers_for is None else handlers_for(n)
             budget[key] = max(n, 0)
         self._budget = budget
         return sum(budget.values())

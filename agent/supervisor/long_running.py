@@ -267,6 +267,13 @@ class LongRunningPool(ChildPool):
                 prefetch += ledger.prefetch - len(ledger.waiting)
         return starts + prefetch
 
+    def handlers_for(self, tasks: int) -> int:
+        """Handler slots ``tasks`` placed here take: one per batch for batched code."""
+        if not self.batches.specs:
+            return tasks
+        largest = max(size for size, _ in self.batches.specs.values())
+        return -(-tasks // largest)
+
     def running(self) -> int:
         """Handlers running now in this pool."""
         return sum(c.busy for c in self._children)
