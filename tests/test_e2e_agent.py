@@ -201,15 +201,30 @@ def test_heartbeat_lists_the_agent_and_its_active_tasks(start_agent, client, red
 def test_second_signal_cuts_the_drain_short_and_still_requeues(start_agent, client, r):
     agent = start_agent(shutdown_timeout="60s")
     info = client.enqueue("sleep", {"seconds": 30})
-    wait_until(lambda: r.llen(keys.active("default")) == 1)
+    # its handler runs (a task still waiting in the child would go back at once, uncut)
+    wait_until(lambda: [t["running"] for t in agent.get("/status").json()["in_flight"]] == [True])
     began = time.monotonic()
     agent.signal(signal.SIGTERM)
     time.sleep(0.5)
     agent.signal(signal.SIGTERM)
-    assert agent.wait(20) == 0
+    assert agent.wait(20) == 0, agent.output()[-3000:]
     assert time.monotonic() - began < 15
     assert r.lrange(keys.pending("default"), 0, -1) == [info.id.encode()]
     assert client.get_task("default", info.id).retried == 0
+
+
+def test_a_signal_after_the_drain_finished_does_not_kill_the_agent(start_agent):
+    """A stop signal that arrives while the agent exits (its drain done, its event loop gone)
+    is ignored: the exit code stays 0 instead of death by SIGTERM."""
+    agent = start_agent()
+    agent.signal(signal.SIGTERM)
+    wait_until(lambda: "stopped" in agent.output() or agent.proc.poll() is not None, timeout=20)
+    for _ in range(20):  # through the rest of the exit
+        if agent.proc.poll() is not None:
+            break
+        agent.signal(signal.SIGTERM)
+        time.sleep(0.01)
+    assert agent.wait(20) == 0, agent.output()[-3000:]
 
 
 def test_sigtstp_stops_taking_new_tasks(start_agent, client, r):

@@ -133,9 +133,9 @@ def path(kind: str | None = None) -> Parser:
         raw = text(value, ctx)
         resolved = Path(os.path.abspath(ctx.base_dir / Path(raw).expanduser()))
         if kind == "file" and not resolved.is_file():
-            raise Invalid("a file", f'no such file: "{resolved}"')
+            raise Invalid("a file", f'no such file: "{printable(str(resolved))}"')
         if kind == "dir" and not resolved.is_dir():
-            raise Invalid("a directory", f'no such directory: "{resolved}"')
+            raise Invalid("a directory", f'no such directory: "{printable(str(resolved))}"')
         return resolved
 
     return parse

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -188,8 +189,18 @@ async def serve(config: Config) -> int:
     try:
         return await agent.run()
     finally:
+        ignore_stop_signals()  # the drain is over: a late SIGTERM must not kill the exit
         if ops is not None:
             await ops.stop()
+
+
+def ignore_stop_signals() -> None:
+    """From now on SIGTERM and SIGINT are ignored (the event loop's handlers would be reset to
+    the default, death by signal, when the loop closes)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run(config: Config) -> int:

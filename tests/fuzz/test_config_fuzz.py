@@ -12,7 +12,7 @@ import time
 import tracemalloc
 
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent import logs
@@ -86,6 +86,8 @@ def _answer(path) -> None:
 @given(doc=documents, environ=st.dictionaries(st.sampled_from(["VAR", "RUNDOWN_WORKER_CONCURRENCY",
                                                               "RUNDOWN_REDIS_URL", "RUNDOWN_OPS_LISTEN"]),
                                               st.text(max_size=20), max_size=3))
+@example(doc={"deployment": {"path": "\x1b"}}, environ={})  # a missing path was shown raw
+@example(doc={"deployment": {"path": "ok", "startup_cmd": "x"}, "ops": {"tls_cert": "\x07"}}, environ={})
 def test_any_yaml_tree_gives_a_config_or_a_config_error(tmp_path_factory, doc, environ):
     path = tmp_path_factory.mktemp("cfg") / "config.yml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))
