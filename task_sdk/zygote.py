@@ -264,7 +264,10 @@ def _become_task(request: dict, prctl: Callable[..., int] | None,
             import ctypes
 
             ctypes.memmove(mark_at[0], new, len(new))
-    _apply_rlimits(request.get("as"), request.get("cpu"))
+    if request.get("as") is not None or request.get("cpu") is not None:
+        from task_sdk.rlimits import apply_rlimits
+
+        apply_rlimits(request.get("as"), request.get("cpu"))
 
 
 def _mark_address() -> tuple[int, int] | None:
@@ -287,22 +290,3 @@ def _mark_address() -> tuple[int, int] | None:
     start = at + len(prefix)
     end = block.find(b"\0", start)
     return env_start + start, (end if end >= 0 else len(block)) - start
-
-
-def _apply_rlimits(address_space: object, cpu_seconds: object) -> None:
-    """The one_shot rlimits, as the agent applies them to an executed child."""
-    if address_space is None and cpu_seconds is None:
-        return
-    import resource
-
-    for which, value in ((resource.RLIMIT_AS, address_space), (resource.RLIMIT_CPU, cpu_seconds)):
-        if not isinstance(value, int) or value <= 0:
-            continue
-        _soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        # CPU: SIGXCPU at the soft limit; the hard limit (SIGKILL) a little later.
-        top = value + 5 if which == resource.RLIMIT_CPU else value
-        if hard != resource.RLIM_INFINITY:
-            top = min(top, hard)
-        resource.setrlimit(which, (value, top))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import resource
 import shlex
 import shutil
 import sys
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.supervisor.protocol import DEFAULT_LINE_LIMIT, PROTOCOL_VERSION
+from task_sdk.rlimits import apply_rlimits
 
 INHERITED_VARIABLES = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME")
 """Variables a child inherits from the agent (plus every ``LC_*``); nothing else leaks."""
@@ -239,24 +239,12 @@ def _copy_sdk(target: Path) -> None:
 
 def rlimit_setter(spec: ChildSpec) -> Callable[[], None] | None:
     """A ``preexec_fn`` applying the spec's rlimits in the child, or None if it has none."""
-    limits: list[tuple[int, int]] = []
-    if spec.rlimit_as_bytes:
-        limits.append((resource.RLIMIT_AS, spec.rlimit_as_bytes))
-    if spec.rlimit_cpu_seconds:
-        limits.append((resource.RLIMIT_CPU, spec.rlimit_cpu_seconds))
-    if not limits:
+    if not spec.rlimit_as_bytes and not spec.rlimit_cpu_seconds:
         return None
+    address_space, cpu_seconds = spec.rlimit_as_bytes, spec.rlimit_cpu_seconds
 
     def apply() -> None:  # runs in the forked child: keep it to plain system calls
-        for which, value in limits:
-            _soft, hard = resource.getrlimit(which)
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)
-            # CPU: SIGXCPU at the soft limit; the hard limit (SIGKILL) a little later.
-            top = value + 5 if which == resource.RLIMIT_CPU else value
-            if hard != resource.RLIM_INFINITY:
-                top = min(top, hard)
-            resource.setrlimit(which, (value, top))
+        apply_rlimits(address_space, cpu_seconds)
 
     return apply
 
