@@ -395,3 +395,104 @@ async def test_a_batched_pool_leaves_other_pools_their_share_of_concurrency(redi
         await asyncio.gather(batched.stop(grace=1.0), plain.stop(grace=1.0))
         await waiters.client.aclose()
         await broker.close()
+
+
+# -- cancel of a task waiting for its batch; the batches on /status ---------------------------
+
+
+async def test_cancel_takes_a_waiting_task_out_of_its_batch(pool_of):
+    pool = await pool_of()
+    requests = [req("embed_wait", {"n": i}) for i in range(3)]  # max_wait 0.3 s
+    futures = submit_all(pool, requests)
+    [entry] = pool.batches.status()["embed_wait"]["collecting"]
+    assert entry["tasks"] == 3 and not entry["due"]
+    await pool.cancel(requests[1].task_id)
+    assert futures[1].done()  # at once, before the batch is sent
+    assert futures[1].result() == Outcome("retry", error="context canceled")
+    outcomes = await asyncio.wait_for(asyncio.gather(futures[0], futures[2]), 5)
+    assert [json.loads(o.result) for o in outcomes] == [
+        {"n": 0, "size": 2, "model": "tiny"}, {"n": 2, "size": 2, "model": "tiny"}]
+    status = pool.batches.status()["embed_wait"]
+    assert status["collecting"] == [] and status["batches_sent"] == 1 and status["tasks_sent"] == 2
+    assert pool.batches.cancelled == 1 and pool.batches.held == 0
+
+
+async def test_cancelling_every_task_of_a_full_batch_waiting_for_a_slot_sends_nothing(pool_of):
+    """The worst moment: the batch is full (due) and waits for the slot a long handler holds;
+    all its tasks are cancelled. Nothing of it is sent, the slot's next batch is the one
+    behind it, and a cancel that arrives once a task's batch runs goes to the child."""
+    pool = await pool_of()
+    running = submit_all(pool, [req("slow", {"n": 0, "sleep": 0.6})])
+    await asyncio.sleep(0.1)
+    full = [req("slow", {"n": i}) for i in range(1, 5)]
+    due = submit_all(pool, full)
+    behind = [req("slow", {"n": 5, "sleep": 0.3})]
+    after = submit_all(pool, behind)
+    slow = pool.batches.status()["slow"]
+    assert [b["due"] for b in slow["collecting"]] == [True, False] and slow["waiting_tasks"] == 5
+    assert slow["oldest_age_seconds"] >= 0
+    for request in full:
+        await pool.cancel(request.task_id)
+    assert all(f.result() == Outcome("retry", error="context canceled") for f in due)
+    assert (await running[0]).kind == "success"
+    await asyncio.sleep(0.1)  # the batch behind runs now
+    assert pool.handler_started(behind[0].task_id)
+    await pool.cancel(behind[0].task_id)  # running: the child is asked (a sync handler finishes)
+    assert (await asyncio.wait_for(after[0], 5)).kind == "success"
+    await pool.cancel("no-such-task")  # nothing happens
+    assert pool.batches.status()["slow"]["tasks_sent"] == 2 and pool.batches.held == 0
+
+
+def test_agent_cancel_of_a_task_waiting_for_its_batch_and_the_batches_on_status(tmp_path, redis_url):
+    """inspect task cancel (asynq's cancel channel) on tasks waiting for their batch (max_wait
+    5 s): each fails with "context canceled" as asynq records it (retry, retried + 1; archived
+    when out of retries), while the batch runs without them; /status and /metrics show the
+    batch while it is collected."""
+    from click.testing import CliRunner
+
+    from agent.client import Client
+    from agent.inspect.cli import inspect_cli
+    from tests.agentproc import AgentProcess, local_config, wait_until
+
+    config, port = local_config(tmp_path, redis_url, ["batched"], concurrency=1,
+                                startup_cmd="python batch_app.py", app_dir=CHILDREN)
+    agent = AgentProcess(config, port, tmp_path / "agent.log").start()
+    try:
+        with Client(redis_url) as client:
+            infos = [client.enqueue("embed_full", {"n": i}, queue="batched", retention=600,
+                                    max_retry=0 if i == 2 else 3) for i in range(4)]
+
+            def collecting():
+                batches = agent.get("/status").json()["executors"]["batched"]["batches"]
+                return batches if batches["embed_full"]["waiting_tasks"] == 4 else None
+
+            batches = wait_until(collecting, 10, what="4 tasks waiting for their batch")
+            assert batches["embed_full"]["batch"] == 32 and batches["embed_full"]["max_wait"] == 5.0
+            [entry] = batches["embed_full"]["collecting"]
+            assert entry["tasks"] == 4 and 0 <= entry["age_seconds"] < 5
+            metrics = agent.get("/metrics").text
+            assert 'rundown_batch_waiting_tasks{queue="batched",type="embed_full"} 4.0' in metrics
+            result = CliRunner().invoke(inspect_cli, ["--redis", redis_url, "task", "cancel",
+                                                      infos[1].id, infos[2].id])
+            assert result.exit_code == 0, result.output
+            wait_until(lambda: all(client.get_task("batched", infos[i].id).state != "active"
+                                   for i in (1, 2)), 3, what="the cancels written")
+            assert client.get_task("batched", infos[0].id).state == "active"  # its batch waits on
+
+            def finished():
+                found = [client.get_task("batched", i.id) for i in infos]
+                return found if all(t.state != "active" for t in found) else None
+
+            done = wait_until(finished, 20, what="the batch run")
+        by_id = {t.id: t for t in done}
+        one, two = by_id[infos[1].id], by_id[infos[2].id]
+        assert one.state == "retry" and one.retried == 1 and one.last_error == "context canceled"
+        assert two.state == "archived" and two.last_error == "context canceled"
+        for i in (0, 3):
+            task = by_id[infos[i].id]
+            assert task.state == "completed" and task.result_json()["size"] == 2
+        status = agent.get("/status").json()["executors"]["batched"]["batches"]["embed_full"]
+        assert status["collecting"] == [] and status["tasks_sent"] == 2
+        assert 'rundown_batches_sent_total{queue="batched",type="embed_full"} 1.0' in agent.get("/metrics").text
+    finally:
+        agent.stop()

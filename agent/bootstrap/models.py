@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from agent.config.aggregation import Aggregation
 from agent.config.flow import FlowLimits
 from agent.config.model import DeploymentConfig, Secret
 from agent.logs import redact_url
@@ -144,6 +145,7 @@ class QueueRegistration:
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
     schedule: tuple[Any, ...] = ()  #: periodic tasks the server hands out (ScheduleEntry)
     requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue
+    aggregation: Aggregation | None = None  #: group aggregation of each sub-queue (the queues file's)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,16 @@ class Registration:
             parent = self.parents.get(queue.split(".", 1)[0])
             if parent is not None and parent.flow:
                 out[queue] = parent.flow
+        return out
+
+    @property
+    def aggregation(self) -> dict[str, Aggregation]:
+        """The server's group aggregation of each queue to consume (its parent's)."""
+        out = {}
+        for queue in self.queues:
+            parent = self.parents.get(queue.split(".", 1)[0])
+            if parent is not None and parent.aggregation is not None:
+                out[queue] = parent.aggregation
         return out
 
 

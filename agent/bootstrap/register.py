@@ -18,6 +18,8 @@ Answers accepted (runqy's shape, §3.3 of the reference, plus a few spellings of
      "deployment": {"git_url", "branch", "commit", "code_path", "startup_cmd", "mode",
                     "startup_timeout_secs", "env_vars", "processes", "requirements",
                     "redis_storage", "vaults"},
+     "flow": {...}, "aggregation": {"grace_period", "max_delay", "max_size", "aggregate",
+                                    "task_type"},                  # optional
      "vaults": {"NAME": "value"}, "secrets": {"NAME": "value"}, "git_token": "..."}
 
 Sub-queue names may be full (``inference.high``) or short (``high``); with no sub-queues the
@@ -64,6 +66,7 @@ from agent.bootstrap.models import (
     RedisConnection,
     Registration,
 )
+from agent.config.aggregation import Aggregation, parse_aggregation
 from agent.config.flow import FLOW_KEYS, FlowLimits, parse_flow
 from agent.config.limits import MAX_QUEUES, queue_name_problem
 from agent.config.model import Config, RedisConfig, Secret
@@ -373,7 +376,21 @@ def parse_answer(data: Mapping[str, Any], parent: str, url: str = "", *,
     deployment = _deployment(data, parent, read, secrets, git_token or None)
     return redis, QueueRegistration(parent=parent, sub_queues=sub_queues, deployment=deployment,
                                     flow=_flow(data, read), schedule=_schedule(data, read),
-                                    requires=_requires(data, read))
+                                    requires=_requires(data, read),
+                                    aggregation=_aggregation(data, read))
+
+
+def _aggregation(data: Mapping[str, Any], read: _Reader) -> Aggregation | None:
+    """``aggregation``: the queue's group aggregation (the queues file's mapping, the same keys
+    as ``worker.queues[].aggregation``); a problem names its field (``aggregation.max_size``)."""
+    raw = read.get(data, "aggregation", "aggregation", dict)
+    if raw is None:
+        return None
+    problems: list[tuple[str, str]] = []
+    rule = parse_aggregation(raw, lambda path, message: problems.append((path.lstrip("."), message)), "")
+    if problems:
+        raise read.fail(*problems[0])
+    return rule
 
 
 def _requires(data: Mapping[str, Any], read: _Reader) -> tuple[str, ...]:

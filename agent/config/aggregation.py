@@ -33,6 +33,14 @@ class Aggregation:
     aggregate: str = "json_list"
     task_type: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The mapping as the control server hands it out (parse_aggregation reads it back)."""
+        out: dict[str, Any] = {"grace_period": self.grace_period, "max_delay": self.max_delay,
+                               "max_size": self.max_size, "aggregate": self.aggregate}
+        if self.task_type is not None:
+            out["task_type"] = self.task_type
+        return out
+
 
 def parse_aggregation(value: Any, add: Callable[[str, str], None], where: str) -> Aggregation | None:
     """The ``aggregation`` mapping of a queue; problems go to ``add(path, message)`` with

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from agent.broker import DequeuedTask
+from agent.ops.batch_metrics import batch_metrics
 from agent.ops.gpu_metrics import gpu_metrics
 from agent.runtime.processor import Observer
 from agent.supervisor.outcome import Outcome
@@ -176,6 +177,7 @@ class SampledCollector(Collector):
         yield rss
         yield restarts
         yield from gpu_metrics(data.get("executors", {}))
+        yield from batch_metrics(data.get("executors", {}), data.get("aggregation", {}))
         leases = data.get("leases", {})
         yield CounterMetricFamily("rundown_lease_extensions", "Lease renewals written",
                                   value=leases.get("extensions", 0))

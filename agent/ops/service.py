@@ -51,7 +51,9 @@ class OpsPlane:
         agent = self.agent
         executors = {}
         for name, ex in agent.pools().items():
-            executors[name] = {"children": ex.status(), "restarts": getattr(ex, "restarts", 0)}
+            executors[name] = {"children": ex.status(), "restarts": getattr(ex, "restarts", 0),
+                               **({"batches": ex.batches.status()}
+                                  if getattr(ex, "batches", None) is not None and ex.batches.specs else {})}
         return {
             "running": agent.capacity.running,
             "slots": agent.slots,
@@ -59,6 +61,7 @@ class OpsPlane:
             "executors": executors,
             "leases": {"extensions": agent.leases.extensions},
             "flow": agent.processor.flow,
+            "aggregation": agent.aggregator.status() if agent.aggregator is not None else {},
             "rss": self._process.memory_info().rss,
             "ready": agent.lifecycle.state == State.READY,
         }

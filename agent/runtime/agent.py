@@ -128,6 +128,7 @@ class Agent:
         self.progress = progress or ProgressBoard()  # ctx.progress() reports, written to Redis
         self.progress.attach(self.redis, self._holds)
         self.loops = [self.heartbeat, self.forwarder, self.recoverer, self.janitor, self.reconciler]
+        self.aggregator: Any = None  # asynq group aggregation (runtime/aggregator.py), when configured
         self._loop = asyncio.get_running_loop()
         self.leases.on_lost = lambda task: self._loop.call_soon_threadsafe(self.processor.abandon, task)
 
@@ -375,8 +376,10 @@ class Agent:
                            **({"flow": proc.flow.status(q)} if proc.flow and q in proc.flow.limits else {})}
                        for q, w in self.settings.weights.items()},
             "executors": {name: {"healthy": ex.healthy, "children": ex.status(),
-                                 **({"gpus": ex.gpu_status()} if hasattr(ex, "gpu_status") else {})}
+                                 **({"gpus": ex.gpu_status()} if hasattr(ex, "gpu_status") else {}),
+                                 **_batches(ex)}
                           for name, ex in self.pools().items()},
+            "aggregation": self.aggregator.status() if self.aggregator is not None else {},
             "in_flight": [{"id": t.id, "queue": t.queue,
                            "type": t.message.type if t.message else "",
                            "running": t.id in running,
@@ -387,3 +390,9 @@ class Agent:
                        "errors": self.leases.errors},
             "requeued_at_shutdown": self.requeued_at_shutdown,
         }
+
+
+def _batches(executor: Any) -> dict[str, Any]:
+    """``batches``: a pool's batched types and the batches being collected (batches.py)."""
+    batches = getattr(executor, "batches", None)
+    return {"batches": batches.status()} if batches is not None and batches.specs else {}

@@ -29,6 +29,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,9 +66,34 @@ class Aggregator(PeriodicLoop):
         self.pool_for = pool_for or (lambda queue: None)
         self.interval = min(1.0, *(r.grace_period for r in self.rules.values()))
         self.scripts = {name: redis.register_script(source(name)) for name in _SCRIPTS}
-        self.sets_done = 0  # aggregated tasks enqueued
-        self.tasks_done = 0  # grouped tasks they were made from
-        self.reclaimed = 0  # stale sets put back into their group
+        # by queue: groups aggregated (aggregated tasks enqueued), the grouped tasks they were
+        # made from, stale sets put back into their group, aggregations that failed
+        self.groups: Counter[str] = Counter()
+        self.tasks: Counter[str] = Counter()
+        self.reclaims: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+
+    @property
+    def sets_done(self) -> int:
+        return sum(self.groups.values())
+
+    @property
+    def tasks_done(self) -> int:
+        return sum(self.tasks.values())
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(self.reclaims.values())
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """By queue: its rules and counters (/status and metrics)."""
+        return {queue: {"grace_period": rule.grace_period, "max_delay": rule.max_delay,
+                        "max_size": rule.max_size, "aggregate": rule.aggregate,
+                        "groups_aggregated": self.groups[queue],
+                        "tasks_aggregated": self.tasks[queue],
+                        "sets_reclaimed": self.reclaims[queue],
+                        "failures": self.failures[queue]}
+                for queue, rule in sorted(self.rules.items())}
 
     async def tick(self) -> None:
         for queue, rule in self.rules.items():
@@ -75,7 +101,7 @@ class Aggregator(PeriodicLoop):
 
     async def aggregate_queue(self, queue: str, rule: Aggregation) -> None:
         now = int(time.time())
-        self.reclaimed += int(await self.scripts["aggregation_reclaim"](
+        self.reclaims[queue] += int(await self.scripts["aggregation_reclaim"](
             keys=[keys.aggregation_sets(queue), keys.groups(queue)],
             args=[now, keys.group_prefix(queue)]))
         for raw in sorted(await self.redis.smembers(keys.groups(queue))):
@@ -87,6 +113,7 @@ class Aggregator(PeriodicLoop):
                 try:
                     await self._aggregate_set(queue, group, set_key, rule)
                 except AggregationFailed as exc:
+                    self.failures[queue] += 1
                     log.error("queue %s: group %r could not be aggregated (it is tried again once "
                               "its aggregation set expires, in %ds): %s", queue, group, SET_LEASE, exc)
                     break
@@ -133,8 +160,8 @@ class Aggregator(PeriodicLoop):
                   keys.pending(queue)],
             args=[keys.task_prefix(queue), encode(msg), msg.id, time.time_ns()])
         if written == 1:
-            self.sets_done += 1
-            self.tasks_done += len(messages)
+            self.groups[queue] += 1
+            self.tasks[queue] += len(messages)
             log.debug("queue %s: group %r: %d tasks aggregated into task %s (%s)", queue, group,
                       len(messages), msg.id, task_type)
         else:
@@ -198,14 +225,31 @@ def _payload_value(payload: bytes) -> Any:
         return base64.b64encode(payload).decode()
 
 
-def add_aggregator(agent: Any, config: Any, pools: Mapping[str, Any]) -> Aggregator | None:
-    """The aggregator of the configured queues with an ``aggregation`` mapping, among the
-    agent's background loops."""
+def aggregation_rules(queues, served: Mapping[str, Aggregation], configured) -> dict[str, Aggregation]:
+    """The aggregation of each consumed queue: the control server's (queues file), else the
+    agent config's for that queue, else for its parent (``worker.queues`` names a parent in
+    server mode, the tasks are in its sub-queues)."""
     from agent.runtime.agent import parent_queue
 
-    rules = {q.name: q.aggregation for q in config.worker.queues if q.aggregation is not None}
+    mine = {q.name: q.aggregation for q in configured if q.aggregation is not None}
+    out = {}
+    for queue in queues:
+        rule = served.get(queue) or mine.get(queue) or mine.get(parent_queue(queue))
+        if rule is not None:
+            out[queue] = rule
+    return out
+
+
+def add_aggregator(agent: Any, config: Any, pools: Mapping[str, Any],
+                   served: Mapping[str, Aggregation] | None = None) -> Aggregator | None:
+    """The aggregator of the consumed queues with an aggregation (``served``: the control
+    server's, by queue), among the agent's background loops."""
+    from agent.runtime.agent import parent_queue
+
+    rules = aggregation_rules(agent.settings.weights, served or {}, config.worker.queues)
     if not rules:
         return None
     aggregator = Aggregator(agent.redis, rules, lambda queue: pools.get(parent_queue(queue)))
     agent.loops.append(aggregator)
+    agent.aggregator = aggregator
     return aggregator

@@ -34,6 +34,7 @@ class Plan:
     specs: dict[str, DeploymentSpec]  # by parent queue
     flow: dict[str, FlowLimits] = field(default_factory=dict)  # fleet-wide limits by queue
     schedule: tuple = ()  # periodic tasks handed out by the control server
+    aggregation: dict[str, Any] = field(default_factory=dict)  # the control server's, by queue
 
 
 def local_plan(config: Config) -> Plan:
@@ -61,7 +62,8 @@ async def server_plan(config: Config) -> Plan:
     return Plan(registration.redis, dict(registration.queues), limits, dict(registration.deployments),
                 flow_limits(registration.queues, registration.flow, config.worker.queues),
                 schedule=tuple({e.id: e for reg in registration.parents.values()
-                                for e in reg.schedule}.values()))
+                                for e in reg.schedule}.values()),
+                aggregation=registration.aggregation)
 
 
 def flow_limits(queues, served: dict[str, FlowLimits], configured) -> dict[str, FlowLimits]:
@@ -182,7 +184,7 @@ async def serve(config: Config) -> int:
     observer.attach(agent.redis)
     from agent.runtime.aggregator import add_aggregator
 
-    add_aggregator(agent, config, pools)  # asynq group aggregation, for queues configured for it
+    add_aggregator(agent, config, pools, plan.aggregation)  # asynq group aggregation, where configured
     ops = OpsPlane(agent, config.ops, metrics) if config.ops.listen else None
     if ops is not None:
         await ops.start()

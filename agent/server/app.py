@@ -291,6 +291,8 @@ def registration_answer(settings: ServerSettings, queue: QueueDef) -> dict[str, 
         answer["git_token"] = queue.git_token
     if queue.flow:
         answer["flow"] = queue.flow.as_dict()  # every agent of the queue enforces the same limits
+    if queue.aggregation is not None:
+        answer["aggregation"] = queue.aggregation.as_dict()  # its agents aggregate its groups
     return answer
 
 

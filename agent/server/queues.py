@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.config.aggregation import Aggregation, parse_aggregation
 from agent.config.bounded_yaml import YamlFileError, read_yaml_file
 from agent.config.capacity import MAX_PROCESSES
 from agent.config.errors import MAX_REPORTED
@@ -89,6 +90,7 @@ class QueueDef:
     defaults: TaskDefaults = field(default_factory=TaskDefaults)
     flow: FlowLimits = field(default_factory=FlowLimits)  #: fleet-wide limits of each sub-queue
     requires: tuple[str, ...] = ()  #: labels an agent needs to take from this queue (worker.labels)
+    aggregation: Aggregation | None = None  #: group aggregation by the agents of each sub-queue
 
     @property
     def priority(self) -> int:
@@ -286,10 +288,15 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         problems.append(f"{path}: must be a mapping with deployment and optional sub_queues")
         return None
     for key in raw:
-        if key not in ("priority", "sub_queues", "deployment", "task_defaults", "requires", *FLOW_KEYS):
+        if key not in ("priority", "sub_queues", "deployment", "task_defaults", "requires",
+                       "aggregation", *FLOW_KEYS):
             problems.append(f"{path}.{key}: unknown key (expected priority, sub_queues, deployment, "
-                            f"task_defaults, requires, {', '.join(FLOW_KEYS)})")
+                            f"task_defaults, requires, aggregation, {', '.join(FLOW_KEYS)})")
     requires = _requires(raw.get("requires"), f"{path}.requires", problems)
+    aggregation = None
+    if raw.get("aggregation") is not None:  # the same keys as worker.queues[].aggregation
+        aggregation = parse_aggregation(raw["aggregation"],
+                                        lambda where, message: problems.append(f"{where}: {message}"), path)
     flow = parse_flow(raw, lambda where, message: problems.append(f"{where}: {message}"), path)
     priority = raw.get("priority", 1)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= MAX_WEIGHT:
@@ -302,7 +309,8 @@ def _queue(name: str, raw: Any, vaults: dict[str, dict[str, str]], problems: lis
         return None
     ordered = dict(sorted(subs.items(), key=lambda kv: (-kv[1], kv[0])))
     return QueueDef(name=name, sub_queues=ordered, deployment=deployment, secrets=secrets,
-                    git_token=token, defaults=defaults, flow=flow, requires=requires)
+                    git_token=token, defaults=defaults, flow=flow, requires=requires,
+                    aggregation=aggregation)
 
 
 def _requires(raw: Any, path: str, problems: list[str]) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.supervisor")
 
 OnOutcome = Callable[[Outcome], None]
+CANCELED = "context canceled"  # asynq's error for a cancelled task (spec/asynq-wire.md §3.12)
 _ids = itertools.count(1)
 
 
@@ -71,12 +72,14 @@ class Batch:
         self.requests.append(request)
         self.callbacks.append(on_outcome)
 
-    def remove(self, task_id: str) -> bool:
+    def remove(self, task_id: str) -> OnOutcome | None:
+        """Take a task out; its outcome callback (None when it is not here)."""
         for i, request in enumerate(self.requests):
             if request.task_id == task_id:
+                on_outcome = self.callbacks[i]
                 del self.requests[i], self.callbacks[i]
-                return True
-        return False
+                return on_outcome
+        return None
 
 
 class BatchCollector:
@@ -102,6 +105,10 @@ class BatchCollector:
         self._where: dict[str, Batch] = {}  # task id -> the batch it waits in (not yet sent)
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False  # the pool stopped: nothing more is sent
+        self.cancelled = 0  # tasks cancelled while they waited for their batch
+        self.sent: Counter[str] = Counter()  # batches sent, by type
+        self.tasks_sent: Counter[str] = Counter()  # tasks in them, by type
+        self.bisections: Counter[str] = Counter()  # batches split after a crash, by type
 
     def configure(self, specs: dict[str, tuple[int, float]] | None,
                   task_types: tuple[str, ...] | None) -> None:
@@ -142,16 +149,30 @@ class BatchCollector:
 
     def withdraw(self, task_id: str) -> bool:
         """Forget a task not sent yet (its outcome callback is never called)."""
+        return self._take(task_id) is not None
+
+    def cancel(self, task_id: str) -> bool:
+        """asynq's cancel of a task still waiting for its batch: it leaves the batch and fails
+        with "context canceled" (retried or archived by its own count, as asynq does); the
+        rest of the batch is sent as it would have been. False when it is not waiting here."""
+        on_outcome = self._take(task_id)
+        if on_outcome is None:
+            return False
+        self.cancelled += 1
+        on_outcome(Outcome("retry", error=CANCELED))
+        return True
+
+    def _take(self, task_id: str) -> OnOutcome | None:
         batch = self._where.pop(task_id, None)
         if batch is None:
-            return False
-        batch.remove(task_id)
+            return None
+        on_outcome = batch.remove(task_id)
         if not batch.requests:
             if self._forming.get(batch.type) is batch:
                 del self._forming[batch.type]
             elif batch in self._due:
                 self._due.remove(batch)
-        return True
+        return on_outcome
 
     def release_all(self, error: str) -> None:
         """The pool stops: every task not sent goes back to its queue, uncharged."""
@@ -212,7 +233,32 @@ class BatchCollector:
         self._timer = None
         self.dispatch()
 
+    def status(self) -> dict[str, dict]:
+        """By type: its ``batch`` and ``max_wait``, the batches being collected (tasks, age,
+        and whether it is due: full or split, waiting for a slot) and what was sent."""
+        now = time.monotonic()
+        out: dict[str, dict] = {}
+        for task_type in sorted({*self.specs, *self.sent, *(b.type for b in self._batches())}):
+            spec = self.spec_for(task_type)
+            out[task_type] = {"batch": spec[0] if spec else None, "max_wait": spec[1] if spec else None,
+                              "collecting": [], "waiting_tasks": 0, "oldest_age_seconds": 0.0,
+                              "batches_sent": self.sent[task_type],
+                              "tasks_sent": self.tasks_sent[task_type],
+                              "bisections": self.bisections[task_type]}
+        for batch in self._batches():
+            entry, age = out[batch.type], round(now - batch.opened, 4)
+            entry["collecting"].append({"tasks": len(batch.requests), "age_seconds": age,
+                                        "due": batch.due})
+            entry["waiting_tasks"] += len(batch.requests)
+            entry["oldest_age_seconds"] = max(entry["oldest_age_seconds"], age)
+        return out
+
+    def _batches(self) -> list[Batch]:
+        return [*self._due, *self._forming.values()]
+
     def _send(self, child: Child, batch: Batch) -> None:
+        self.sent[batch.type] += 1
+        self.tasks_sent[batch.type] += len(batch.requests)
         for request in batch.requests:
             self._where.pop(request.task_id, None)
         callbacks = [self._callback(batch, request, on_outcome)
@@ -246,6 +292,7 @@ class BatchCollector:
             return
         log.warning("batch of %d tasks of type %r crashed its child; running them again in two "
                     "halves to find the task that crashes it", len(crashed), batch.type)
+        self.bisections[batch.type] += 1
         middle = len(crashed) // 2
         for part in (crashed[:middle], crashed[middle:]):
             half = Batch(batch.type, split=True)

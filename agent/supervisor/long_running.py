@@ -375,6 +375,8 @@ class LongRunningPool(ChildPool):
                     waiter.set_result(None)
 
     async def cancel(self, task_id: str) -> None:
+        if self.batches.cancel(task_id):  # still waiting for its batch: never sent
+            return
         for child in list(self._children):
             if child.running(task_id):
                 await child.cancel(task_id)
