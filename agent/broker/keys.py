@@ -35,6 +35,11 @@ def lease(queue: str) -> str:
     return f"asynq:{{{queue}}}:lease"
 
 
+def lease_renewal(queue: str, holder: str) -> str:
+    """A LeaseKeeper's renewal record for a queue (renew_leases.lua, list_lease_expired.lua)."""
+    return f"rundown:{{{queue}}}:renewed:{holder}"
+
+
 def scheduled(queue: str) -> str:
     return f"asynq:{{{queue}}}:scheduled"
 

@@ -10,6 +10,11 @@ Leases are short (``LEASE_SECONDS``, renewed every ``LEASE_RENEW_INTERVAL``) so 
 tasks are recovered within seconds (docs/reliability.md, "Fast recovery"). A renewal goes
 through renew_leases.lua: it renews a lease only while it is still ours (its score is one we
 wrote) and we may still write its outcome (Redis's clock is not past it plus the fence grace).
+
+The fence marker of a task (its hash's ``fenced_lease``, which lets recovery take the lease 2 s
+after it expired instead of asynq's 30 s) is written once per task, at its first renewal; after
+that a renewal writes one record per queue (``keys.lease_renewal``: this keeper's ``holder`` and
+the score all its renewed leases got), not one marker per task (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -35,6 +41,11 @@ LOOP_STALL_SECONDS = 6.0
 RETRY_AFTER_ERROR = 0.5
 #: Unconfirmed renewals remembered per task (see ``_candidates``).
 MAX_UNCONFIRMED = 8
+#: Lifetime of a renewal record after its last write: it must outlast the recovery of the
+#: holder's leases (their expiry + 2 s, or later when no agent is up to recover them).
+RENEWAL_RECORD_SECONDS = 3600
+#: A queue's record is kept this long past a lease that ran out here (its recovery time).
+KEEP_RECORD_AFTER_LOSS = 30.0
 
 log = logging.getLogger("agent.runtime")
 
@@ -43,8 +54,11 @@ class LeaseKeeper:
     def __init__(self, client: redis.Redis, interval: float = LEASE_RENEW_INTERVAL,
                  lease_seconds: int = LEASE_SECONDS,
                  loop_alive: Callable[[], bool] = lambda: True,
-                 on_lost: Callable[[DequeuedTask], None] = lambda task: None) -> None:
+                 on_lost: Callable[[DequeuedTask], None] = lambda task: None,
+                 holder: str | None = None) -> None:
         self.client = client
+        #: names this keeper in the markers and records it writes; new for every keeper
+        self.holder = holder or uuid.uuid4().hex[:16]
         self.interval = interval
         self.lease_seconds = lease_seconds
         self.loop_alive = loop_alive
@@ -53,6 +67,13 @@ class LeaseKeeper:
         self._tasks: dict[tuple[str, str], DequeuedTask] = {}
         # expiries sent in renewals whose reply never came (Redis may have applied them)
         self._unconfirmed: dict[tuple[str, str], list[int]] = {}
+        # tasks whose marker names this holder (confirmed by a renewal's reply)
+        self._marked: set[tuple[str, str]] = set()
+        # queues whose renewal record we wrote and have not deleted
+        self._recorded: set[str] = set()
+        # a queue where a lease ran out here is kept recorded until then (agent's clock): the
+        # record is what makes that lease fenced, so it is recovered 2 s after it expired
+        self._keep_until: dict[str, float] = {}
         self._renew = client.register_script(source("renew_leases"))
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -74,6 +95,7 @@ class LeaseKeeper:
                 if held.get((task.queue, task.id)) is task:
                     del held[task.queue, task.id]
                     self._unconfirmed.pop((task.queue, task.id), None)
+                    self._marked.discard((task.queue, task.id))
 
     def remove(self, task: DequeuedTask) -> None:
         self.remove_many([task])
@@ -119,22 +141,32 @@ class LeaseKeeper:
             if task.lease_valid(now):
                 by_queue[task.queue].append(task)
             else:
+                self._keep_until[task.queue] = max(self._keep_until.get(task.queue, 0),
+                                                   task.lease_expiry + KEEP_RECORD_AFTER_LOSS)
                 self._lost(task)
-        if not by_queue:
+        idle = [q for q in self._recorded if q not in by_queue and self._keep_until.get(q, 0) <= now]
+        if not by_queue and not idle:
             return
         expiry = int(now) + self.lease_seconds
         calls = []
         for queue, tasks in by_queue.items():
-            args: list = [expiry, LEASE_FENCE_GRACE, keys.task_prefix(queue)]
-            for task in tasks:
+            args: list = [expiry, LEASE_FENCE_GRACE, keys.task_prefix(queue), self.holder,
+                          RENEWAL_RECORD_SECONDS]
+            with self._lock:
+                marked = [(task.queue, task.id) in self._marked for task in tasks]
+            for task, mark in zip(tasks, marked, strict=True):
                 candidates = self._candidates(task)
-                args += [task.id, len(candidates), *candidates]
-            calls.append((keys.lease(queue), args))
+                args += [task.id, 1 if mark else 0, len(candidates), *candidates]
+            calls.append(([keys.lease(queue), keys.lease_renewal(queue, self.holder)], args))
         try:
-            replies = self._send(calls)
+            replies = self._send(calls, idle)
         except Exception:
             self._remember(by_queue, expiry)  # the renewals may have been applied
             raise
+        self._recorded.difference_update(idle)
+        for queue in idle:
+            self._keep_until.pop(queue, None)
+        self._recorded.update(by_queue)
         failed = None
         for (_queue, tasks), scores in zip(by_queue.items(), replies, strict=True):
             if isinstance(scores, Exception):
@@ -146,6 +178,8 @@ class LeaseKeeper:
                     with self._lock:
                         task.lease_expiry = int(score)
                         self._unconfirmed.pop((task.queue, task.id), None)
+                        if self._tasks.get((task.queue, task.id)) is task:
+                            self._marked.add((task.queue, task.id))
                     self.extensions += 1
                 elif self._holds(task):  # still ours here, but not in Redis: recovered (or taken)
                     task.lease_expiry = 0
@@ -154,16 +188,24 @@ class LeaseKeeper:
         if failed is not None:
             raise failed
 
-    def _send(self, calls: list[tuple[str, list]]) -> list:
+    def _send(self, calls: list[tuple[list[str], list]], idle: list[str] = ()) -> list:
         """One EVALSHA of renew_leases.lua per queue, in one round trip (plain EVALSHA: a
-        pipeline handed Script objects asks SCRIPT EXISTS first, one more round trip)."""
-        def run(batch: list[tuple[str, list]]) -> list:
+        pipeline handed Script objects asks SCRIPT EXISTS first, one more round trip). The
+        renewal records of queues where we hold nothing now are deleted in the same trip: no
+        lease of ours there can match them."""
+        def run(batch: list[tuple[list[str], list]], drop: list[str] = ()) -> list:
             pipe = self.client.pipeline(transaction=False)
-            for lease_key, args in batch:
-                pipe.evalsha(self._renew.sha, 1, lease_key, *args)
-            return pipe.execute(raise_on_error=False)
+            for names, args in batch:
+                pipe.evalsha(self._renew.sha, len(names), *names, *args)
+            for queue in drop:
+                pipe.delete(keys.lease_renewal(queue, self.holder))
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies[len(batch):]:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies[:len(batch)]
 
-        replies = run(calls)
+        replies = run(calls, idle)
         redo = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if redo:  # Redis lost its scripts (a restart): load and send those again
             self.client.script_load(self._renew.script)

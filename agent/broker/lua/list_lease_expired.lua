@@ -2,9 +2,11 @@
 -- (one call per hash slot: every key of one queue shares its {queue} tag; on a standalone
 -- Redis any queues may share a call). Judged by Redis's clock, the same clock the lease
 -- fence uses:
---   * a fenced lease (the task hash's fenced_lease equals the lease score: its holder writes
---     only through lease_fence.lua, which refuses it from score + grace + 1 on) is expired
---     once TIME >= score + ARGV[1];
+--   * a fenced lease (its holder writes only through lease_fence.lua, which refuses it from
+--     score + grace + 1 on) is expired once TIME >= score + ARGV[1]. A lease is fenced when
+--     the task hash's fenced_lease ("<score>" or "<score> <holder>") has its score, or names a
+--     holder whose renewal record for the queue ("rundown:{q}:renewed:<holder>", written by
+--     renew_leases.lua) has it;
 --   * any other lease (a Go asynq server's) keeps asynq's rule: TIME >= score + ARGV[2].
 -- KEYS[i] lease zset of queue i
 -- ARGV[1] fenced skew (s), ARGV[2] asynq skew (s), ARGV[3] max tasks per queue
@@ -28,7 +30,16 @@ for i = 1, #KEYS do
             local id, score = expired[j], expired[j + 1]
             local key = string.sub(lease, 1, -6) .. "t:" .. id
             local msg, mark = unpack(redis.call("HMGET", key, "msg", "fenced_lease"))
-            local fenced = mark and tonumber(mark) == tonumber(score)
+            local fenced = false
+            if mark then
+                local at, holder = string.match(mark, "^(%S+) (%S+)$")
+                fenced = tonumber(at or mark) == tonumber(score)
+                if not fenced and holder then
+                    local record = redis.call("GET", "rundown:" .. string.sub(lease, 7, -6)
+                                              .. "renewed:" .. holder)
+                    fenced = record and tonumber(record) == tonumber(score) or false
+                end
+            end
             if fenced or tonumber(score) <= asynq_cutoff then
                 out[#out + 1] = i
                 out[#out + 1] = id
