@@ -50,6 +50,28 @@ def _plan(task_type: str, payload: Any, options: dict[str, Any]) -> plans.Enqueu
     return plans.plan_enqueue(task_type, encode_payload(payload), EnqueueOptions(**options))
 
 
+_producer: Any = None  # agent.tracing.producer once imported; False without opentelemetry
+
+
+def _trace(task_type: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The enqueue span (None without opentelemetry) and the options with its W3C context
+    in their headers (docs/tracing.md)."""
+    global _producer
+    if _producer is None:
+        from agent.tracing import producer
+
+        _producer = producer if producer.available() else False
+    if _producer is False:
+        return None, options
+    return _producer.start_for_options(task_type, options)
+
+
+def _traced_end(span: Any, info: Any) -> None:
+    if span is not None:
+        _producer.finish(span, info.id if isinstance(info, TaskInfo) else None,
+                         info if isinstance(info, BaseException) else None)
+
+
 class Client:
     """Synchronous producer client."""
 
@@ -85,15 +107,23 @@ class Client:
             from agent.workflows.engine import run_sync
 
             return run_sync(wf.enqueue_after(self._workflows(), task_type, payload, depends_on, options))
-        plan = _plan(task_type, payload, options)
-        self._register(plan.result.queue)
-        call = plan.call
-        code = getattr(self._scripts, call.script)(keys=call.keys, args=call.args)
-        return _raise_for_code(int(code), plan)
+        span, options = _trace(task_type, options)
+        try:
+            plan = _plan(task_type, payload, options)
+            self._register(plan.result.queue)
+            call = plan.call
+            code = getattr(self._scripts, call.script)(keys=call.keys, args=call.args)
+            info = _raise_for_code(int(code), plan)
+        except Exception as exc:
+            _traced_end(span, exc)
+            raise
+        _traced_end(span, info)
+        return info
 
     def enqueue_many(self, tasks: list[tuple[str, Any, dict[str, Any]]]) -> list[TaskInfo | Exception]:
         """Enqueue a batch in one round trip; returns each task's info or its error."""
-        planned = [_plan(t, p, o) for t, p, o in tasks]
+        traced = [_trace(t, o) for t, _, o in tasks]
+        planned = [_plan(t, p, o) for (t, p, _), (_, o) in zip(tasks, traced, strict=True)]
         for queue in {p.result.queue for p in planned}:
             self._register(queue)
         pipe = self.redis.pipeline(transaction=False)
@@ -105,6 +135,8 @@ class Client:
                 out.append(code if isinstance(code, Exception) else _raise_for_code(int(code), plan))
             except Exception as exc:  # noqa: BLE001 - reported per item
                 out.append(exc)
+        for (span, _), info in zip(traced, out, strict=True):
+            _traced_end(span, info)
         return out
 
     def _workflow_step_waits(self, queue: str, task_id: str) -> bool:
@@ -209,10 +241,17 @@ class AsyncClient:
             from agent.workflows import client as wf
 
             return await wf.enqueue_after(self._workflows(), task_type, payload, depends_on, options)
-        plan = _plan(task_type, payload, options)
-        await self.broker.register_queues([plan.result.queue])
-        code = await self.broker._run(plan.call)
-        return _raise_for_code(int(code), plan)
+        span, options = _trace(task_type, options)
+        try:
+            plan = _plan(task_type, payload, options)
+            await self.broker.register_queues([plan.result.queue])
+            code = await self.broker._run(plan.call)
+            info = _raise_for_code(int(code), plan)
+        except Exception as exc:
+            _traced_end(span, exc)
+            raise
+        _traced_end(span, info)
+        return info
 
     async def get_task(self, queue: str, task_id: str) -> TaskInfo:
         return await self.broker.get_task(queue, task_id)

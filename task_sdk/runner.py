@@ -14,7 +14,7 @@ import time
 from collections import namedtuple
 from collections.abc import Awaitable
 
-from . import batching, mixed, registry
+from . import batching, mixed, registry, tracing
 from .channel import PROTOCOL_VERSION, ProtocolChannel, protocol_channel
 from .context import TaskContext, _set_current
 from .errors import RetryAfter, SkipRetry
@@ -466,6 +466,11 @@ class _Server:
     async def _execute(self, task_id: str, message: dict[str, Any]) -> bytes:
         if batching.is_batch(message):
             return await batching.run_async(self, message)
+        if "traceparent" in message and tracing.wanted(message):
+            return await tracing.run_async(message, lambda: self._execute_one(task_id, message))
+        return await self._execute_one(task_id, message)
+
+    async def _execute_one(self, task_id: str, message: dict[str, Any]) -> bytes:
         prepared = self._prepare(task_id, message)
         if isinstance(prepared, bytes):
             return prepared
@@ -577,6 +582,11 @@ class _Server:
             print(f"task_sdk: ignoring a request without a task_id: {line[:200]!r}",
                   file=sys.stderr, flush=True)
             return None
+        if "traceparent" in message and tracing.wanted(message):
+            return tracing.run(message, lambda: self._inline_task(task_id, message))
+        return self._inline_task(task_id, message)
+
+    def _inline_task(self, task_id: str, message: dict[str, Any]) -> bytes:
         prepared = self._prepare(task_id, message)
         if isinstance(prepared, bytes):
             return prepared

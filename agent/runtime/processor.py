@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from agent import tracing
 from agent.broker import Broker, DequeuedTask, LeaseLostError, TaskNotFoundError
 from agent.broker.flow import FlowControl
 from agent.broker.plans import processing_deadline
@@ -91,6 +92,12 @@ class Processor:
         self.signal = signal
         self.waiters = waiters
         self.observer = observer or Observer()
+        self.tracer = None  # an AttemptTracer while tracing is on (agent.tracing)
+        if tracing.setup():
+            from agent.tracing.attempts import attempt_tracer
+
+            self.tracer = attempt_tracer()
+            self.observer = self.tracer.observing(self.observer)
         self.batch = batch
         self.in_flight: dict[str, InFlight] = {}
         self.per_queue: dict[str, int] = dict.fromkeys(self.queues, 0)
@@ -342,6 +349,8 @@ class Processor:
         now = time.monotonic()
         in_flight, per_queue = self.in_flight, self.per_queue
         self.leases.add_many(tasks)
+        if self.tracer is not None:  # one check per fetch while tracing is off
+            self.tracer.started(tasks)
         started: dict[str, int] = {}
         for task in tasks:
             queue = task.queue

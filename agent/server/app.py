@@ -418,17 +418,45 @@ def _enqueue_error(exc: Exception) -> tuple[int, str]:
     raise exc
 
 
+_producer: Any = None  # agent.tracing.producer once imported; False without opentelemetry
+
+
+def _trace_enqueue(request: Request, task_type: str, options: EnqueueOptions) -> Any:
+    """The enqueue span (docs/tracing.md): the request's W3C ``traceparent`` is its parent,
+    and its context goes into the task's headers."""
+    global _producer
+    if _producer is None:
+        from agent.tracing import producer
+
+        _producer = producer if producer.available() else False
+    if _producer is False:
+        return None
+    return _producer.start_for_request(task_type, options.queue, options.headers, request.headers)
+
+
+def _traced_end(span: Any, outcome: Any) -> None:
+    if span is not None:
+        _producer.finish(span, outcome if isinstance(outcome, str) else None,
+                         outcome if isinstance(outcome, BaseException) else None)
+
+
 @guarded("enqueue")
 async def enqueue(request: Request) -> Response:
     settings: ServerSettings = request.app.state.settings
     body = await _json_body(request)
     task_type, payload, options = _parse_task(settings, body)
     broker: Broker = request.app.state.broker
+    span = _trace_enqueue(request, task_type, options)
     try:
         result = await broker.enqueue(task_type, payload, options)
     except (TaskIDConflictError, DuplicateTaskError, ValueError) as exc:
+        _traced_end(span, exc)
         status, message = _enqueue_error(exc)
         return error(status, message)
+    except Exception as exc:
+        _traced_end(span, exc)
+        raise
+    _traced_end(span, result.id)
     return JSONResponse(_enqueued(result, task_type), status_code=201)
 
 
@@ -452,7 +480,10 @@ async def enqueue_batch(request: Request) -> Response:
             results[i] = {"error": exc.message, "status": exc.status}
     if planned:
         broker: Broker = request.app.state.broker
+        spans = [_trace_enqueue(request, t, o) for _, (t, _, o) in planned]
         outcomes = await broker.enqueue_many([p for _, p in planned])
+        for span, outcome in zip(spans, outcomes, strict=True):
+            _traced_end(span, outcome.id if isinstance(outcome, EnqueueResult) else outcome)
         for (i, (task_type, _, _)), outcome in zip(planned, outcomes, strict=True):
             if isinstance(outcome, EnqueueResult):
                 results[i] = _enqueued(outcome, task_type)

@@ -49,6 +49,8 @@ def encode_request(request: TaskRequest) -> bytes:
         meta["deadline"] = request.deadline
     if request.timeout is not None:
         meta["timeout"] = request.timeout
+    if request.traceparent is not None:
+        meta["traceparent"] = request.traceparent
     head = orjson.dumps(meta)[:-1]
     embedded = _payload_as_json(request.payload)
     if embedded is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.broker import DequeuedTask
+from agent.tracing import ATTEMPTS
 
 DEFAULT_TIMEOUT = 1800.0  # asynq's, for a task with neither a timeout nor a deadline
 
@@ -28,6 +29,7 @@ class TaskRequest:
     max_retry: int = 0
     deadline: float | None = None
     timeout: float | None = None
+    traceparent: str | None = None  # the agent's attempt span, while tracing is on
 
     def handler_deadline(self, started: float) -> float:
         """When the handler that starts at ``started`` must be done: ``timeout`` seconds
@@ -52,4 +54,5 @@ class TaskRequest:
             max_retry=message.retry,
             deadline=float(message.deadline) if message.deadline > 0 else None,
             timeout=float(message.timeout) if message.timeout > 0 else None,
+            traceparent=ATTEMPTS.get(task.id) if ATTEMPTS else None,
         )
