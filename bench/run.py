@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: python bench/run.py
 from agent.local_redis import LocalRedis, find_redis_server  # noqa: E402
 from bench import agent_runs, fleet, floor, go_producer, micro, peers, profiling, report  # noqa: E402
 from bench import dashboard as dashboard_bench  # noqa: E402
+from bench import tracing as tracing_bench  # noqa: E402
 from bench.agent_runs import SHORT_TASK, AgentSetup, Harness  # noqa: E402
 from bench.measure import code_identity, machine  # noqa: E402
 from bench.procs import Processes, signals_as_interrupt, uninterruptible  # noqa: E402
@@ -88,7 +89,7 @@ SIZES = {
 }
 SECTIONS = ("enqueue", "drain_defaults", "drain_short", "drain_async", "floor", "peers", "realistic",
             "scale_pending", "scale_queues", "scale_queues_parents", "scale_payload", "one_shot", "go_producer", "fleet", "mixed",
-            "micro", "profile", "batching", "dashboard", "flow", "workflows")
+            "micro", "profile", "batching", "dashboard", "flow", "workflows", "tracing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -360,6 +361,19 @@ class Suite:
     def dashboard(self) -> None:
         """Search, bulk retry and drain-cost timings of the dashboard (bench/dashboard.py)."""
         self.runs["dashboard"] = dashboard_bench.run(self.h, self.args.mode, self._drain, ASYNC_128, ASYNC_APP)
+
+    def tracing(self) -> None:
+        """Tracing off against the tree from before tracing, paired no-op drains
+        (bench/tracing.py; issue 19: nothing measurable lost)."""
+        out = self.runs["tracing"] = tracing_bench.run(self.h, self.args.mode)
+        if "skipped" in out:
+            print(f"   tracing: skipped: {out['skipped']}", flush=True)
+            return
+        print(f"   tracing off / before tracing ({out['before_commit']}), {out['pairs']} pairs of "
+              f"{out['n']:,} no-op tasks: throughput {out['tasks_per_s_off_over_before']} "
+              f"(median {out['median_tasks_per_s_off_over_before']}), agent CPU per task "
+              f"{out['agent_us_off_over_before']} (median {out['median_agent_us_off_over_before']})",
+              flush=True)
 
     def go_producer(self) -> None:
         """The same no-op tasks written by a Go-default producer (bench/go_producer.py) and by

@@ -261,3 +261,34 @@ def test_tracing_off_sends_no_context_to_the_child(tmp_path, redis_url, r):
     assert child and not [s for s in child if s["name"].startswith("handle ")]
     assert all(s["parent_id"] is None for s in child)  # "user work" has no parent: no context
     assert len(producer_spans) == 20
+
+
+def test_without_opentelemetry_producer_and_sdk_do_nothing(redis_url):
+    out = subprocess.run([sys.executable, str(HERE / "tracing" / "without_otel.py"), "check", redis_url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_agent_without_opentelemetry_runs_with_tracing_asked_for(tmp_path, redis_url, r):
+    """OTEL_TRACES_EXPORTER set, the otel extra missing: one warning, and every task runs (its
+    producer's traceparent kept in its headers, none sent to the child)."""
+    with Client(redis_url) as client:
+        ids = [client.enqueue("traced:flaky", {"n": i}, queue="traced", max_retry=2,
+                              headers={"traceparent": TP}).id for i in range(10)]
+    config, port = local_config(tmp_path, redis_url, ["traced"], concurrency=2,
+                                startup_cmd="python traced_worker.py",
+                                extra_env={"SPAN_FILE": str(tmp_path / "child-spans.jsonl")})
+    agent = AgentProcess(config, port, tmp_path / "agent.log")
+    agent._log = open(agent.log_path, "ab")  # noqa: SIM115 - closed by wait()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OTEL_TRACES_EXPORTER": "console"}
+    agent.proc = subprocess.Popen(
+        [sys.executable, str(HERE / "tracing" / "without_otel.py"), "agent", "-config", str(config)],
+        stdout=agent._log, stderr=subprocess.STDOUT, env=env)
+    agent.wait_ready(60)
+    wait_until(lambda: _drained(r), timeout=60, what="tasks done")
+    assert agent.stop(60) == 0
+    log = agent.output()
+    assert log.count("opentelemetry is not installed") == 1, log
+    child = _lines(tmp_path / "child-spans.jsonl")
+    assert len(child) == 20 and not [s for s in child if s["name"].startswith("handle ")]
+    assert len(ids) == 10 and r.zcard(keys.archived("traced")) == 0
