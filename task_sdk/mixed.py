@@ -11,6 +11,7 @@ behaviour); any other line waits for the loop, in order.
 from __future__ import annotations
 
 import json
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,6 +19,53 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .channel import ProtocolChannel
+
+
+async def _guarded(coro: Any, timeout: asyncio.Timeout) -> Any:
+    """``runner._with_deadline``'s rule, with a ``Timeout`` whose deadline is set later."""
+    try:
+        async with timeout:
+            return await coro
+    except TimeoutError as exc:
+        if timeout.expired():
+            exc._task_sdk_deadline = True  # type: ignore[attr-defined]
+        raise
+
+
+def _reschedule(timeout: asyncio.Timeout, task: asyncio.Task[Any], deadline: float) -> None:
+    if not task.done():
+        timeout.reschedule(timeout_loop_time(deadline))
+
+
+def timeout_loop_time(deadline: float) -> float:
+    """The running loop's time at the unix time ``deadline`` (never before now)."""
+    import asyncio
+
+    return asyncio.get_running_loop().time() + max(deadline - time.time(), 0.0)
+
+
+#: Cancelled timers (a handler's own ``asyncio.timeout``) stay in the loop's heap until a turn
+#: of the loop removes them; handlers that never wait give it no turn, so they are swept here.
+_SWEEP_AT = 100
+
+
+def _sweep_timers(loop: Any) -> None:
+    """Drop cancelled timers from the loop's heap, as a turn of the loop does when more than
+    half of them are cancelled (``BaseEventLoop._run_once``)."""
+    import heapq
+
+    scheduled = loop._scheduled
+    if loop._timer_cancelled_count * 2 <= len(scheduled):
+        return
+    kept = []
+    for handle in scheduled:
+        if handle._cancelled:
+            handle._scheduled = False
+        else:
+            kept.append(handle)
+    heapq.heapify(kept)
+    loop._scheduled = kept
+    loop._timer_cancelled_count = 0
 
 
 class Cancelled(Exception):  # noqa: N818 - the agent's word, as in the answer
@@ -29,8 +77,11 @@ class InlineAsync:
 
     def __init__(self, channel: ProtocolChannel) -> None:
         import asyncio
+        from asyncio.events import _set_running_loop
 
         self.channel = channel
+        self._set_running_loop = _set_running_loop
+        self._timeout = asyncio.Timeout
         self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         self._task: asyncio.Task[Any] | None = None
         self._task_id = ""
@@ -38,15 +89,38 @@ class InlineAsync:
         self.loop.add_reader(channel._read_fd, self._readable)
 
     def run(self, task_id: str, coro: Any, deadline: float | None) -> Any:
-        """The coroutine's value (its exception raised), cancelled at ``deadline``."""
+        """The coroutine's value (its exception raised), cancelled at ``deadline``.
+
+        The task's first step is run here, not by a turn of the loop: a coroutine that
+        finishes without waiting (most no-op and short handlers) costs no ``select`` and no
+        ``run_until_complete``, and its deadline no timer (``Timeout`` is entered with no
+        deadline, which is set only if the coroutine waits). One that waits goes on in the
+        loop as before. The step runs in the task, with the loop as the running loop, so
+        ``current_task()``, ``get_running_loop()`` and context variables behave as in a turn."""
         import asyncio
 
-        from .runner import _with_deadline
-
+        loop = self.loop
+        timeout = self._timeout(None)
         self._task_id = task_id
-        self._task = self.loop.create_task(_with_deadline(coro, deadline))
+        task = self._task = loop.create_task(_guarded(coro, timeout))
         try:
-            return self.loop.run_until_complete(self._task)
+            ready = loop._ready  # type: ignore[attr-defined]
+            if len(ready) == 1:  # only the task's first step is due: run it here
+                handle = ready.popleft()
+                self._set_running_loop(loop)
+                try:
+                    handle._run()
+                    if not task.done() and deadline is not None:
+                        timeout.reschedule(loop.time() + max(deadline - time.time(), 0.0))
+                finally:
+                    self._set_running_loop(None)
+            elif deadline is not None:  # not expected: let the loop run it all, as before
+                loop.call_soon(_reschedule, timeout, task, deadline)
+            if task.done():
+                if loop._timer_cancelled_count > _SWEEP_AT:  # type: ignore[attr-defined]
+                    _sweep_timers(loop)
+                return task.result()
+            return loop.run_until_complete(task)
         except asyncio.CancelledError:
             raise Cancelled(task_id) from None
         finally:

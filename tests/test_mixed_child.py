@@ -80,3 +80,41 @@ async def test_async_handler_past_its_deadline_is_cancelled_by_the_sdk(pool):
                               "0.4s (its async handler was cancelled)")
     assert result(await pool.run(request("where")))["thread"] == "MainThread"
     assert [c["pid"] for c in pool.status()] == [before]  # answered by the SDK: same child
+
+
+async def test_an_async_handler_that_never_waits_runs_in_its_task_and_leaves_nothing_behind(pool):
+    """Its first (and only) step is run by the SDK, not by a turn of the loop: it still runs in
+    an asyncio task (current_task, asyncio.timeout), context variables it sets do not leak into
+    the next task, its exception is its own failure, and many of them, alternating with ones
+    that wait, leave no timers or callbacks on the loop."""
+    first = result(await pool.run(request("inside_async", {"mark": "a"})))
+    assert first == {"task": True, "seen_before": None, "timers": 0, "ready": 0}
+    assert result(await pool.run(request("inside_async")))["timers"] == 1  # the first's, cancelled
+    failed = await pool.run(request("inside_async", {"fail": "x1"}))
+    assert failed.kind == "retry" and "failed as asked: x1" in failed.error, failed
+    waited = result(await pool.run(request("inside_async", {"mark": "b", "wait": True})))
+    assert waited["task"] is True and waited["seen_before"] is None
+    outcomes = await asyncio.gather(*(
+        pool.run(request("inside_async", {"mark": i, "wait": i % 50 == 0, "fail": i if i % 7 == 1 else None}))
+        for i in range(1_000)))
+    for i, outcome in enumerate(outcomes):
+        if i % 7 == 1:
+            assert outcome.kind == "retry" and f"failed as asked: {i}" in outcome.error, (i, outcome)
+        else:
+            assert result(outcome)["seen_before"] is None and result(outcome)["task"] is True, (i, outcome)
+    last = result(await pool.run(request("inside_async")))
+    # each handler's own asyncio.timeout left a cancelled timer that no loop turn removed:
+    # the SDK sweeps them as a turn would (more than 100, and more than half cancelled)
+    assert last["timers"] <= 101 and last["ready"] == 0, last
+
+
+async def test_an_async_handler_that_waits_past_its_deadline_after_a_fast_first_step(pool):
+    """Adversarial: the deadline's timer is set only once the handler waits; it must still
+    cancel it (a handler that ran its first step past the deadline is cancelled at its wait)."""
+    outcome = await pool.run(request("where_async", {"sleep": 30}, timeout=0.3))
+    assert outcome.kind == "retry" and "deadline" in outcome.error, outcome
+    late = request("inside_async", {"wait": True})
+    late.deadline = time.time() - 1  # already past: cancelled at its first wait
+    outcome = await pool.run(late)
+    assert outcome.kind == "retry" and "deadline" in outcome.error, outcome
+    assert result(await pool.run(request("inside_async")))["timers"] <= 101
