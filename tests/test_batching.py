@@ -496,3 +496,17 @@ def test_agent_cancel_of_a_task_waiting_for_its_batch_and_the_batches_on_status(
         assert 'rundown_batches_sent_total{queue="batched",type="embed_full"} 1.0' in agent.get("/metrics").text
     finally:
         agent.stop()
+
+
+async def test_a_forming_batchs_timer_is_set_to_leave_by_max_wait(pool_of):
+    """asyncio's timers fire up to 2 ms late (whole milliseconds, rounded up): the collector
+    sets a forming batch's timer early by at most a fifth of max_wait, never after it."""
+    from agent.supervisor.batches import TIMER_SLACK
+
+    pool = await pool_of()
+    request = req("embed_wait", {"n": 0})  # max_wait 0.3 s
+    future = submit_all(pool, [request])[0]
+    [batch] = pool.batches._forming.values()
+    when = pool.batches._timer.when()
+    assert batch.opened + 0.3 - TIMER_SLACK - 0.0005 <= when <= batch.opened + 0.3 - TIMER_SLACK + 0.0005
+    assert json.loads((await asyncio.wait_for(future, 5)).result)["size"] == 1

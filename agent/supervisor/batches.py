@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.supervisor")
 
 OnOutcome = Callable[[Outcome], None]
+# asyncio's timers wake the loop late by up to 2 ms: epoll takes whole milliseconds, and
+# Python 3.11 rounds the timeout up twice (timers of 8.5 to 10 ms all fire after 10.1 ms). A
+# forming batch's timer is set this much early (at most a fifth of its max_wait), so the batch
+# leaves by max_wait after its first task came, not up to 2 ms later (bench/README.md).
+TIMER_SLACK = 0.002
+
+
+def _due_after(max_wait: float) -> float:
+    """How long a forming batch waits before its timer may send it."""
+    return max_wait - min(TIMER_SLACK, max_wait / 5)
+
 CANCELED = "context canceled"  # asynq's error for a cancelled task (spec/asynq-wire.md §3.12)
 _ids = itertools.count(1)
 
@@ -212,7 +223,7 @@ class BatchCollector:
             return self._due.popleft()
         for task_type, batch in self._forming.items():
             spec = self.spec_for(task_type)
-            if spec is None or now - batch.opened >= spec[1]:
+            if spec is None or now - batch.opened >= _due_after(spec[1]):
                 return self._forming.pop(task_type)
         return None
 
@@ -223,7 +234,7 @@ class BatchCollector:
 
     def _arm(self, now: float) -> None:
         self._cancel_timer()
-        waits = [(spec[1] - (now - b.opened)) for t, b in self._forming.items()
+        waits = [(_due_after(spec[1]) - (now - b.opened)) for t, b in self._forming.items()
                  if (spec := self.spec_for(t)) is not None]
         if waits:
             delay = max(min(waits), 0.0)
