@@ -114,10 +114,10 @@ def _run_producer(tmp_path: Path, redis_url: str, tasks: list) -> tuple[list[str
 
 
 def _start_agent(tmp_path: Path, redis_url: str, name: str, *, traced: bool = True,
-                 concurrency: int = 4, **kwargs) -> AgentProcess:
+                 concurrency: int = 4, app: str = "traced_worker.py", **kwargs) -> AgentProcess:
     config, port = local_config(
         tmp_path, redis_url, ["traced"], concurrency=concurrency,
-        startup_cmd="python traced_worker.py",
+        startup_cmd=f"python {app}",
         extra_env={"SPAN_FILE": str(tmp_path / "child-spans.jsonl")}, processes="auto", **kwargs)
     agent = AgentProcess(config, port, tmp_path / f"{name}.log")
     agent._log = open(agent.log_path, "ab")  # noqa: SIM115 - closed by wait()
@@ -213,6 +213,29 @@ def test_thousand_tasks_each_one_connected_trace_across_retries(tmp_path, redis_
         if kind == "traced:flaky":
             assert sorted(s["status"] for s in handled) == ["ERROR", "UNSET"]
     assert len(traces) == 1000
+
+
+def test_async_handlers_run_inside_the_attempts_span(tmp_path, redis_url, r):
+    """An async-only child (its event loop, not the inline path): 16 handlers at once, each
+    in its own span under its attempt, the handler's own span under that."""
+    tasks = [["traced:async", {"n": i, "fail_first": i % 4 == 0}, "traced"] for i in range(200)]
+    ids, producer_spans = _run_producer(tmp_path, redis_url, tasks)
+    agent = _start_agent(tmp_path, redis_url, "async", app="traced_async_worker.py", concurrency=16)
+    wait_until(lambda: _drained(r), timeout=120, what="tasks done")
+    assert agent.stop(60) == 0
+    produced = {s["attributes"]["rundown.task.id"]: s for s in producer_spans}
+    attempts = _by_task(_lines(tmp_path / "async-spans.jsonl"))
+    child = _lines(tmp_path / "child-spans.jsonl")
+    handlers = _by_task([s for s in child if s["name"].startswith("handle ")])
+    inner = {s["parent_id"]: s for s in child if s["name"] == "user work"}
+    for n, task_id in enumerate(ids):
+        runs = attempts[task_id]
+        assert len(runs) == (2 if n % 4 == 0 else 1)
+        assert {s["parent_id"] for s in runs} == {produced[task_id]["span_id"]}
+        assert {s["trace_id"] for s in runs + handlers[task_id]} == {produced[task_id]["trace_id"]}
+        assert sorted(s["parent_id"] for s in handlers[task_id]) == sorted(s["span_id"] for s in runs)
+        for span in handlers[task_id]:
+            assert inner[span["span_id"]]["trace_id"] == span["trace_id"]
 
 
 def test_drained_agent_and_a_second_agent_continue_one_trace(tmp_path, redis_url, r):
