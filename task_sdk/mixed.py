@@ -21,29 +21,6 @@ if TYPE_CHECKING:
     from .channel import ProtocolChannel
 
 
-async def _guarded(coro: Any, timeout: asyncio.Timeout) -> Any:
-    """``runner._with_deadline``'s rule, with a ``Timeout`` whose deadline is set later."""
-    try:
-        async with timeout:
-            return await coro
-    except TimeoutError as exc:
-        if timeout.expired():
-            exc._task_sdk_deadline = True  # type: ignore[attr-defined]
-        raise
-
-
-def _reschedule(timeout: asyncio.Timeout, task: asyncio.Task[Any], deadline: float) -> None:
-    if not task.done():
-        timeout.reschedule(timeout_loop_time(deadline))
-
-
-def timeout_loop_time(deadline: float) -> float:
-    """The running loop's time at the unix time ``deadline`` (never before now)."""
-    import asyncio
-
-    return asyncio.get_running_loop().time() + max(deadline - time.time(), 0.0)
-
-
 #: Cancelled timers (a handler's own ``asyncio.timeout``) stay in the loop's heap until a turn
 #: of the loop removes them; handlers that never wait give it no turn, so they are swept here.
 _SWEEP_AT = 100
@@ -81,7 +58,7 @@ class InlineAsync:
 
         self.channel = channel
         self._set_running_loop = _set_running_loop
-        self._timeout = asyncio.Timeout
+        self._expired = False
         self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
         self._task: asyncio.Task[Any] | None = None
         self._task_id = ""
@@ -92,17 +69,19 @@ class InlineAsync:
         """The coroutine's value (its exception raised), cancelled at ``deadline``.
 
         The task's first step is run here, not by a turn of the loop: a coroutine that
-        finishes without waiting (most no-op and short handlers) costs no ``select`` and no
-        ``run_until_complete``, and its deadline no timer (``Timeout`` is entered with no
-        deadline, which is set only if the coroutine waits). One that waits goes on in the
-        loop as before. The step runs in the task, with the loop as the running loop, so
-        ``current_task()``, ``get_running_loop()`` and context variables behave as in a turn."""
+        finishes without waiting (most no-op and short handlers) costs no ``select``, no
+        ``run_until_complete`` and no timer. One that waits goes on in the loop, its deadline
+        armed then (a timer that cancels it; the cancel is then reported as the deadline's
+        ``TimeoutError``, as ``asyncio.timeout`` reports it). The step runs in the task, with
+        the loop as the running loop, so ``current_task()``, ``get_running_loop()`` and
+        context variables behave as in a turn of the loop."""
         import asyncio
 
         loop = self.loop
-        timeout = self._timeout(None)
         self._task_id = task_id
-        task = self._task = loop.create_task(_guarded(coro, timeout))
+        self._expired = False
+        task = self._task = loop.create_task(coro)
+        timer = None
         try:
             ready = loop._ready  # type: ignore[attr-defined]
             if len(ready) == 1:  # only the task's first step is due: run it here
@@ -110,21 +89,30 @@ class InlineAsync:
                 self._set_running_loop(loop)
                 try:
                     handle._run()
-                    if not task.done() and deadline is not None:
-                        timeout.reschedule(loop.time() + max(deadline - time.time(), 0.0))
                 finally:
                     self._set_running_loop(None)
-            elif deadline is not None:  # not expected: let the loop run it all, as before
-                loop.call_soon(_reschedule, timeout, task, deadline)
-            if task.done():
-                if loop._timer_cancelled_count > _SWEEP_AT:  # type: ignore[attr-defined]
-                    _sweep_timers(loop)
-                return task.result()
+                if task.done():
+                    if loop._timer_cancelled_count > _SWEEP_AT:  # type: ignore[attr-defined]
+                        _sweep_timers(loop)
+                    return task.result()
+            if deadline is not None:  # armed before the loop runs the task's next step
+                timer = loop.call_at(loop.time() + max(deadline - time.time(), 0.0), self._expire, task)
             return loop.run_until_complete(task)
         except asyncio.CancelledError:
+            if self._expired:
+                exc = TimeoutError()
+                exc._task_sdk_deadline = True  # type: ignore[attr-defined]
+                raise exc from None
             raise Cancelled(task_id) from None
         finally:
             self._task = None
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            self._expired = True
+            task.cancel()
 
     def _readable(self) -> None:
         """Input while the handler runs: read what is there, keep the lines for the inline
