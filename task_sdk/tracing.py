@@ -139,3 +139,13 @@ async def run_async(message: dict[str, Any], handle: Callable[[], Any]) -> bytes
     finally:
         _finish(span, answer)
     return answer
+
+
+def flush(timeout_millis: int = 5000) -> None:
+    """Export the spans the provider still holds (a batch processor's queue). A one_shot task
+    forked by the zygote ends with ``os._exit``, which runs no ``atexit`` hook: it calls this
+    first. Nothing to do when no traced request was seen."""
+    if _api:
+        force = getattr(_api.get_tracer_provider(), "force_flush", None)
+        if force is not None:
+            force(timeout_millis)

@@ -97,6 +97,10 @@ def serve(serve_one: Callable[[], None], resolve: Callable[[object], object]) ->
         traceback.print_exc()
         code = 1
     finally:
+        from .tracing import flush as flush_spans  # no atexit after os._exit
+
+        with contextlib.suppress(Exception):
+            flush_spans()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

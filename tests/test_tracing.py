@@ -114,11 +114,14 @@ def _run_producer(tmp_path: Path, redis_url: str, tasks: list) -> tuple[list[str
 
 
 def _start_agent(tmp_path: Path, redis_url: str, name: str, *, traced: bool = True,
-                 concurrency: int = 4, app: str = "traced_worker.py", **kwargs) -> AgentProcess:
+                 concurrency: int = 4, app: str = "traced_worker.py", env_extra=None,
+                 **kwargs) -> AgentProcess:
+    kwargs.setdefault("processes", "auto")
     config, port = local_config(
         tmp_path, redis_url, ["traced"], concurrency=concurrency,
         startup_cmd=f"python {app}",
-        extra_env={"SPAN_FILE": str(tmp_path / "child-spans.jsonl")}, processes="auto", **kwargs)
+        extra_env={"SPAN_FILE": str(tmp_path / "child-spans.jsonl"), **(env_extra or {})},
+        **kwargs)
     agent = AgentProcess(config, port, tmp_path / f"{name}.log")
     agent._log = open(agent.log_path, "ab")  # noqa: SIM115 - closed by wait()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
@@ -238,6 +241,28 @@ def test_async_handlers_run_inside_the_attempts_span(tmp_path, redis_url, r):
             assert inner[span["span_id"]]["trace_id"] == span["trace_id"]
 
 
+@pytest.mark.parametrize("start", ["fork", "exec"])
+def test_one_shot_tasks_export_their_handler_spans(tmp_path, redis_url, r, start):
+    """one_shot: a process per task, forked by the zygote (the app's span processor exports
+    at once: a batch processor's thread would make the zygote refuse to fork) or executed
+    (a batch processor, flushed when the process exits)."""
+    tasks = [["traced:flaky" if i % 5 == 0 else "traced:ok", {"n": i}, "traced"] for i in range(20)]
+    ids, producer_spans = _run_producer(tmp_path, redis_url, tasks)
+    agent = _start_agent(tmp_path, redis_url, f"one-shot-{start}", mode="one_shot",
+                         app="traced_worker.py --once", one_shot_start=start,
+                         env_extra={"SPAN_BATCH": "1"} if start == "exec" else None)
+    wait_until(lambda: _drained(r), timeout=120, what="tasks done")
+    assert agent.stop(60) == 0
+    assert "start by exec, not fork" not in agent.output()
+    attempts = _by_task(_lines(tmp_path / f"one-shot-{start}-spans.jsonl"))
+    handlers = _by_task([s for s in _lines(tmp_path / "child-spans.jsonl")
+                         if s["name"].startswith("handle ")])
+    for n, task_id in enumerate(ids):
+        assert len(attempts[task_id]) == (2 if n % 5 == 0 else 1)
+        assert sorted(s["parent_id"] for s in handlers[task_id]) == \
+            sorted(s["span_id"] for s in attempts[task_id]), (task_id, handlers[task_id])
+
+
 def test_drained_agent_and_a_second_agent_continue_one_trace(tmp_path, redis_url, r):
     """Adversarial: the first agent is stopped with tasks running past its shutdown timeout
     (their children are killed, the tasks requeued); a second agent finishes them. Each task's
@@ -315,3 +340,40 @@ def test_agent_without_opentelemetry_runs_with_tracing_asked_for(tmp_path, redis
     child = _lines(tmp_path / "child-spans.jsonl")
     assert len(child) == 20 and not [s for s in child if s["name"].startswith("handle ")]
     assert len(ids) == 10 and r.zcard(keys.archived("traced")) == 0
+
+
+FLUSH_CHECK = """
+import os, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from task_sdk import tracing
+
+class Exporter(InMemorySpanExporter):
+    def export(self, spans):
+        with open(sys.argv[1], "a") as out:
+            out.writelines(span.name + "\\n" for span in spans)
+        return super().export(spans)
+
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(Exporter(), schedule_delay_millis=60_000))
+trace.set_tracer_provider(provider)
+message = {"task_id": "t1", "type": "x", "traceparent": "TRACEPARENT"}
+assert tracing.wanted(message)
+tracing.run(message, lambda: b'{"task_id":"t1","result":1,"error":null,"retry":false}\\n')
+if sys.argv[2] == "flush":
+    tracing.flush()
+os._exit(0)  # as a forked one_shot task ends: no atexit hook runs
+""".replace("TRACEPARENT", TP)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_exports_held_spans_before_os_exit(tmp_path, flush):
+    """The zygote's forked task calls ``task_sdk.tracing.flush()`` before ``os._exit``: held
+    spans are exported then, and lost without it."""
+    out = tmp_path / "spans.txt"
+    subprocess.run([sys.executable, "-c", FLUSH_CHECK, str(out), "flush" if flush else "no"],
+                   check=True, timeout=60)
+    names = out.read_text().split() if out.exists() else []
+    assert names == (["handle", "x"] if flush else [])

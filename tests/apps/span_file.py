@@ -8,7 +8,12 @@ import os
 if os.environ.get("SPAN_FILE"):
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
 
     class _JsonLines(SpanExporter):
         def __init__(self, path: str) -> None:
@@ -26,7 +31,9 @@ if os.environ.get("SPAN_FILE"):
             return SpanExportResult.SUCCESS
 
     trace.set_tracer_provider(TracerProvider())
-    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(_JsonLines(os.environ["SPAN_FILE"])))
+    # SPAN_BATCH=1: the SDK's batch processor (spans held until exported in the background)
+    processor = BatchSpanProcessor if os.environ.get("SPAN_BATCH") else SimpleSpanProcessor
+    trace.get_tracer_provider().add_span_processor(processor(_JsonLines(os.environ["SPAN_FILE"])))
     tracer = trace.get_tracer("traced_worker")
 else:
     tracer = None

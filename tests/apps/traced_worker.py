@@ -1,11 +1,12 @@
 """Task code for the tracing tests (spans to ``SPAN_FILE``: span_file.py)."""
 
 import os
+import sys
 import time
 
 from span_file import tracer as _tracer
 
-from task_sdk import RetryAfter, current_task, run, task
+from task_sdk import RetryAfter, current_task, run, run_once, task
 
 
 def _inner_span():
@@ -48,4 +49,4 @@ def slow(payload):
 
 
 if __name__ == "__main__":
-    run()
+    run_once() if "--once" in sys.argv else run()
