@@ -294,6 +294,24 @@ def test_drained_agent_and_a_second_agent_continue_one_trace(tmp_path, redis_url
         assert [s["parent_id"] for s in handlers[task_id]] == [done["span_id"]]
 
 
+def test_untraced_producer_retries_join_the_first_attempts_trace(tmp_path, redis_url, r):
+    """A task enqueued with no traceparent: its first attempt is a root span, and its retry is
+    a child of that attempt (the failure wrote the attempt's traceparent into the headers)."""
+    with Client(redis_url) as client:  # no SDK in this process: nothing written
+        ids = [client.enqueue("traced:flaky", {"n": i}, queue="traced", max_retry=2).id
+               for i in range(10)]
+        assert all(client.get_task("traced", i).headers == {} for i in ids)
+    agent = _start_agent(tmp_path, redis_url, "untraced")
+    wait_until(lambda: _drained(r), timeout=60, what="tasks done")
+    assert agent.stop(60) == 0
+    attempts = _by_task(_lines(tmp_path / "untraced-spans.jsonl"))
+    for task_id in ids:
+        first, second = sorted(attempts[task_id],
+                               key=lambda s: s["attributes"]["rundown.task.retry_count"])
+        assert first["parent_id"] is None and first["status"] == "ERROR"
+        assert second["parent_id"] == first["span_id"] and second["trace_id"] == first["trace_id"]
+
+
 def test_tracing_off_sends_no_context_to_the_child(tmp_path, redis_url, r):
     """With OTEL_TRACES_EXPORTER unset the agent makes no span, sends no traceparent to its
     children (so they import nothing) and leaves the task's headers as the producer wrote
