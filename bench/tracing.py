@@ -21,7 +21,7 @@ from bench.agent_runs import SHORT_TASK, AgentSetup, AgentUnderTest, Harness, _p
 from bench.compare import SYNC_APP, check_imports, drain_once
 
 REPO = Path(__file__).resolve().parent.parent
-SIZES = {"smoke": (2_000, 1), "quick": (20_000, 4), "full": (40_000, 8)}  # (tasks, pairs)
+SIZES = {"smoke": (500, 1), "quick": (20_000, 4), "full": (40_000, 8)}  # (tasks, pairs)
 
 
 def _git(*args: str) -> str:
