@@ -281,6 +281,15 @@ def test_short_sub_queue_names_url_form_and_non_positive_priorities():
     assert len(warnings) == 1 and "inference.off" in warnings[0]
 
 
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), float("-inf")])
+def test_a_priority_of_nan_or_infinity_is_an_error_naming_it(weight):
+    """JSON's NaN and Infinity parse as floats: refused like any other non-integer."""
+    with pytest.raises(BadResponseError) as info:
+        parse_answer({"redis": "redis://h:6379/0", "sub_queues": {"high": weight},
+                      "deployment": {"git_url": "g", "startup_cmd": "python w.py"}}, "inference")
+    assert "sub_queues.high" in str(info.value) and "whole number" in str(info.value)
+
+
 def test_group_queues():
     assert group_queues(["b.x", "a", "a.y", "b.z"]) == {"b": {"b.x", "b.z"}, "a": None}
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import platform
 import random
 import re
@@ -336,6 +337,8 @@ class _Reader:
             number = float(value)
         except ValueError:
             raise self.fail(path, f"must be a number, got {_kind(value)}") from None
+        if not math.isfinite(number):  # JSON's NaN and Infinity, which Python's parser accepts
+            raise self.fail(path, f"must be a whole number, got {value!r}")
         if number != int(number):
             raise self.fail(path, f"must be a whole number, got {value!r}")
         return int(number)
