@@ -294,6 +294,27 @@ def test_drained_agent_and_a_second_agent_continue_one_trace(tmp_path, redis_url
         assert [s["parent_id"] for s in handlers[task_id]] == [done["span_id"]]
 
 
+def test_a_traceparent_set_by_another_producer_is_continued(tmp_path, redis_url, r):
+    """What a Go producer writes with asynq.NewTaskWithHeaders: TaskMessage.headers holding a
+    W3C traceparent (here through our client, which keeps a caller's traceparent as is). The
+    agent's attempts and the handlers join that trace under that span."""
+    _, trace_id, parent_id, _ = TP.split("-")
+    with Client(redis_url) as client:
+        ids = [client.enqueue("traced:flaky", {"n": i}, queue="traced", max_retry=2,
+                              headers={"traceparent": TP}).id for i in range(5)]
+    agent = _start_agent(tmp_path, redis_url, "external")
+    wait_until(lambda: _drained(r), timeout=60, what="tasks done")
+    assert agent.stop(60) == 0
+    attempts = _by_task(_lines(tmp_path / "external-spans.jsonl"))
+    handlers = _by_task([s for s in _lines(tmp_path / "child-spans.jsonl")
+                         if s["name"].startswith("handle ")])
+    for task_id in ids:
+        runs = attempts[task_id]
+        assert len(runs) == 2 and {(s["trace_id"], s["parent_id"]) for s in runs} == {(trace_id, parent_id)}
+        assert "rundown.task.queue_wait_s" not in runs[0]["attributes"]  # no rundown-enqueued-at
+        assert sorted(s["parent_id"] for s in handlers[task_id]) == sorted(s["span_id"] for s in runs)
+
+
 def test_untraced_producer_retries_join_the_first_attempts_trace(tmp_path, redis_url, r):
     """A task enqueued with no traceparent: its first attempt is a root span, and its retry is
     a child of that attempt (the failure wrote the attempt's traceparent into the headers)."""
