@@ -10,11 +10,11 @@ import sys
 import pytest
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_benchmark_suite_smoke_run(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--output", str(out)],
-                         capture_output=True, text=True, timeout=290)
+                         capture_output=True, text=True, timeout=590)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(out.read_text())
     assert not results["errors"], results["errors"]
