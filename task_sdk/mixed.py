@@ -83,8 +83,9 @@ class InlineAsync:
         task = self._task = loop.create_task(coro)
         timer = None
         try:
-            ready = loop._ready  # type: ignore[attr-defined]
-            if len(ready) == 1:  # only the task's first step is due: run it here
+            # asyncio's own loop only (a uvloop policy's loop has no such queue): else a plain run
+            ready = getattr(loop, "_ready", None)
+            if ready is not None and len(ready) == 1:  # only the task's first step is due: run it here
                 handle = ready.popleft()
                 self._set_running_loop(loop)
                 try:
@@ -92,7 +93,7 @@ class InlineAsync:
                 finally:
                     self._set_running_loop(None)
                 if task.done():
-                    if loop._timer_cancelled_count > _SWEEP_AT:  # type: ignore[attr-defined]
+                    if getattr(loop, "_timer_cancelled_count", 0) > _SWEEP_AT:
                         _sweep_timers(loop)
                     return task.result()
             if deadline is not None:  # armed before the loop runs the task's next step
