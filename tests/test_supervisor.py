@@ -774,6 +774,9 @@ def test_parse_line_classifies_everything():
     assert outcome_from_response(no_result) == Outcome("success", result=None)
     (object_error,) = parse_line(b'{"task_id":"t","error":{"code":7}}')
     assert outcome_from_response(object_error) == Outcome("archive", error='{"code":7}')
+    # NaN makes it a line for the standard library's parser, which keeps the huge integer
+    (huge_error,) = parse_line(b'{"task_id":"t","error":{"n":' + str(2**70).encode() + b',"x":NaN}}')
+    assert outcome_from_response(huge_error) == Outcome("archive", error=f'{{"n": {2**70}, "x": NaN}}')
     prefix, salvaged = parse_line(b'progress{"task_id": "t", "result": 2}')
     assert prefix == Output("progress") and isinstance(salvaged, Response)
 

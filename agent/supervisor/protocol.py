@@ -314,6 +314,15 @@ def _classify(value: Any, line: bytes) -> ChildMessage:
     return Output(_text(line))
 
 
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text; the standard library's encoder for what orjson refuses (an
+    integer beyond 64 bits, which a line parsed by the standard library may hold)."""
+    try:
+        return orjson.dumps(value).decode(errors="replace")
+    except TypeError:
+        return json.dumps(value, default=repr)
+
+
 def _response(task_id: str, value: dict[str, Any]) -> Response:
     error = value.get("error")
     if error is None or error is False or error == "":
@@ -321,7 +330,7 @@ def _response(task_id: str, value: dict[str, Any]) -> Response:
     elif isinstance(error, str):
         text = error
     else:  # runqy would drop this line and leave the task hanging; record it instead
-        text = orjson.dumps(error).decode(errors="replace")
+        text = _json_text(error)
     error_type = value.get("error_type")
     return Response(
         task_id=task_id,
