@@ -233,7 +233,10 @@ async def test_many_queues_take_whole_batches_in_weighted_odds(redis_url, r):
     async with h:
         await wait_for(lambda: len(order) >= 2000, timeout=60)
     share = Counter(order[:2000])["q0"] / 2000  # every queue still has a backlog here
-    assert abs(share - 0.5) < 0.1, share
+    # 2,000 tasks are about 125 draws of a whole batch (fewer, larger ones when the machine is
+    # busy), so the share's standard deviation is about 0.045: 0.15 is over 3 of them, and still
+    # far from equal odds (1/6) or strict priority (1.0)
+    assert abs(share - 0.5) < 0.15, share
 
 
 async def test_a_failing_fetch_loop_is_reported_until_it_recovers(redis_url, r):
