@@ -135,6 +135,12 @@ def _start_agent(tmp_path: Path, redis_url: str, name: str, *, traced: bool = Tr
     return agent
 
 
+def _outcomes(agent: AgentProcess) -> float:
+    """Outcomes the agent has recorded (its ``rundown_tasks_total`` counters, summed)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in agent.get("/metrics").text.splitlines()
+               if line.startswith("rundown_tasks_total{"))
+
+
 def _drained(r, queue: str = "traced") -> bool:
     return (r.llen(keys.pending(queue)) == 0 and r.llen(keys.active(queue)) == 0
             and r.zcard(keys.retry(queue)) == 0 and r.zcard(keys.scheduled(queue)) == 0)
@@ -304,6 +310,8 @@ def test_a_traceparent_set_by_another_producer_is_continued(tmp_path, redis_url,
                               headers={"traceparent": TP}).id for i in range(5)]
     agent = _start_agent(tmp_path, redis_url, "external")
     wait_until(lambda: _drained(r), timeout=60, what="tasks done")
+    # and the agent has seen all 10 outcomes through (its attempt spans end before they count)
+    wait_until(lambda: _outcomes(agent) >= 10, timeout=30, what="10 outcomes counted by the agent")
     assert agent.stop(60) == 0
     attempts = _by_task(_lines(tmp_path / "external-spans.jsonl"))
     handlers = _by_task([s for s in _lines(tmp_path / "child-spans.jsonl")
