@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from agent.runtime.loop import PeriodicLoop
 from agent.supervisor.launch import ChildSpec, StartupCommandError
 from agent.supervisor.long_running import LongRunningPool
 
@@ -67,31 +68,26 @@ def parse_memory(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-class GpuMemory:
+class GpuMemory(PeriodicLoop):
     """The devices' memory, sampled in the background (None until a sample succeeded)."""
 
+    name = "gpu-memory"
+
     def __init__(self, interval: float = MEMORY_INTERVAL, timeout: float = QUERY_TIMEOUT) -> None:
+        super().__init__()
         self.interval, self.timeout = interval, timeout
+        self.tick_timeout = timeout + 1.0  # a sample kills nvidia-smi after ``timeout`` itself
         self.devices: dict[str, dict[str, int]] | None = None
         self.sampled_at: float | None = None
         self.error: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Once for every GPU pool sharing it, and only where nvidia-smi is installed."""
         if self._task is None and shutil.which("nvidia-smi") is not None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="gpu-memory")
+            super().start()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self.sample()
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        await self.sample()
 
     async def sample(self) -> None:
         exe = shutil.which("nvidia-smi")

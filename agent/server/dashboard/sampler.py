@@ -8,8 +8,6 @@ A restarted server starts a fresh history.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -20,6 +18,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from agent.broker import keys
+from agent.runtime.loop import PeriodicLoop
 
 log = logging.getLogger("server.dashboard")
 
@@ -36,33 +35,23 @@ class Sample:
     pending: int
 
 
-class Sampler:
+class Sampler(PeriodicLoop):
+    name = "dashboard-sampler"
+
     def __init__(self, client: aioredis.Redis, queues: Callable[[], Sequence[str]] | None = None, *,
                  interval: float = INTERVAL, points: int = POINTS) -> None:
+        super().__init__()
         self.client = client
         self.queues = queues or (lambda: [])
         self.interval = interval
         self.points = points
         self.history: dict[str, deque[Sample]] = {}
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="dashboard-sampler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except (redis.exceptions.RedisError, OSError) as exc:
-                log.debug("dashboard sample failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval)
+    async def tick(self) -> None:
+        try:
+            await self.sample()
+        except (redis.exceptions.RedisError, OSError) as exc:  # Redis away: the next tick tries
+            log.debug("dashboard sample failed: %s", type(exc).__name__)
 
     async def sample(self) -> None:
         """One sample of every configured queue and every other queue in ``asynq:queues``
